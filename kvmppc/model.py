@@ -1,0 +1,191 @@
+"""Plain data describing what a PowerPC KVM reports: frozen dataclasses, no cdata.
+
+Names follow the kernel's UAPI (``include/uapi/linux/kvm.h``, powerpc's ``asm/kvm.h``) and
+QEMU (``target/ppc/mmu-hash64.h``): ``page_shift``, ``slb_enc``, ``pte_enc``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+# kvm.h: KVM_PPC_PAGE_SIZES_MAX_SZ; rows and enc slots per row.
+PAGE_SIZES_MAX_SZ = 8
+
+
+class SmmuFlag(enum.IntFlag):
+    """``kvm_ppc_smmu_info.flags`` bits."""
+
+    PAGE_SIZES_REAL = 0x1  # guest pages must fit the backing store's pages
+    ONE_T_SEGMENTS = 0x2  # 1T segments are supported besides 256M ones
+    NO_HASH = 0x4  # HPT guests are not supported: radix only (nested HV)
+
+
+# The kernel's own spellings, used in JSON and in output.
+SMMU_FLAG_NAMES: dict[SmmuFlag, str] = {
+    SmmuFlag.PAGE_SIZES_REAL: "PAGE_SIZES_REAL",
+    SmmuFlag.ONE_T_SEGMENTS: "1T_SEGMENTS",
+    SmmuFlag.NO_HASH: "NO_HASH",
+}
+
+
+def smmu_flag_names(flags: int) -> list[str]:
+    """Names of the known bits set in ``flags``, plus ``0x..`` for unknown ones."""
+    names = [name for bit, name in SMMU_FLAG_NAMES.items() if flags & bit]
+    unknown = flags & ~sum(SMMU_FLAG_NAMES)
+    if unknown:
+        names.append(f"{unknown:#x}")
+    return names
+
+
+@dataclass(frozen=True)
+class PageSize:
+    """One actual page size within a segment: ``struct kvm_ppc_one_page_size``."""
+
+    page_shift: int
+    pte_enc: int
+
+
+@dataclass(frozen=True)
+class SegmentPageSizes:
+    """One segment base page size and its actual page sizes (``kvm_ppc_one_seg_page_size``)."""
+
+    page_shift: int
+    slb_enc: int
+    pages: tuple[PageSize, ...]
+
+
+class SmmuSource(enum.Enum):
+    """Where an :class:`SmmuInfo` came from."""
+
+    KERNEL = "kernel"  # KVM_PPC_GET_SMMU_INFO answered
+    GUESSED = "guessed"  # QEMU 3.0's kvm_get_fallback_smmu_info guess (no GET_SMMU_INFO cap)
+
+
+@dataclass(frozen=True)
+class SmmuInfo:
+    """``struct kvm_ppc_smmu_info`` with unused rows and slots dropped."""
+
+    flags: int
+    slb_size: int
+    data_keys: int
+    instr_keys: int
+    segments: tuple[SegmentPageSizes, ...]
+    source: SmmuSource = SmmuSource.KERNEL
+
+    @property
+    def page_sizes_real(self) -> bool:
+        return bool(self.flags & SmmuFlag.PAGE_SIZES_REAL)
+
+    @property
+    def one_t_segments(self) -> bool:
+        return bool(self.flags & SmmuFlag.ONE_T_SEGMENTS)
+
+    @property
+    def no_hash(self) -> bool:
+        return bool(self.flags & SmmuFlag.NO_HASH)
+
+    @property
+    def flag_names(self) -> list[str]:
+        return smmu_flag_names(self.flags)
+
+
+@dataclass(frozen=True)
+class RadixGeometry:
+    """``struct kvm_ppc_radix_geom``: smallest page shift and index bits per level."""
+
+    page_shift: int
+    level_bits: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RmmuInfo:
+    """``struct kvm_ppc_rmmu_info`` with unused entries dropped."""
+
+    geometries: tuple[RadixGeometry, ...]
+    ap_encodings: tuple[int, ...]
+
+    @property
+    def page_shifts(self) -> tuple[int, ...]:
+        """Radix page sizes: the low 6 bits of each AP encoding are log2(page size)."""
+        return tuple(ap & 0x3F for ap in self.ap_encodings)
+
+
+# asm/kvm.h KVM_PPC_CPU_CHAR_* / KVM_PPC_CPU_BEHAV_* (same bits as H_GET_CPU_CHARACTERISTICS).
+CPU_CHAR_NAMES: dict[int, str] = {
+    1 << 63: "SPEC_BAR_ORI31",
+    1 << 62: "BCCTRL_SERIALISED",
+    1 << 61: "L1D_FLUSH_ORI30",
+    1 << 60: "L1D_FLUSH_TRIG2",
+    1 << 59: "L1D_THREAD_PRIV",
+    1 << 58: "BR_HINT_HONOURED",
+    1 << 57: "MTTRIG_THR_RECONF",
+    1 << 56: "COUNT_CACHE_DIS",
+    1 << 55: "BCCTR_FLUSH_ASSIST",
+}
+CPU_BEHAV_NAMES: dict[int, str] = {
+    1 << 63: "FAVOUR_SECURITY",
+    1 << 62: "L1D_FLUSH_PR",
+    1 << 61: "BNDS_CHK_SPEC_BAR",
+    1 << 58: "FLUSH_COUNT_CACHE",
+}
+
+
+def _bit_names(value: int, names: dict[int, str]) -> list[str]:
+    return [name for bit, name in names.items() if value & bit]
+
+
+@dataclass(frozen=True)
+class CpuChar:
+    """``struct kvm_ppc_cpu_char``: speculation-related CPU characteristics and behaviours."""
+
+    character: int
+    behaviour: int
+    character_mask: int
+    behaviour_mask: int
+
+    @property
+    def character_names(self) -> list[str]:
+        return _bit_names(self.character & self.character_mask, CPU_CHAR_NAMES)
+
+    @property
+    def behaviour_names(self) -> list[str]:
+        return _bit_names(self.behaviour & self.behaviour_mask, CPU_BEHAV_NAMES)
+
+
+@dataclass(frozen=True)
+class PvInfo:
+    """``struct kvm_ppc_pvinfo`` (PR only: the hypercall instruction sequence)."""
+
+    flags: int
+    hcall: tuple[int, ...]
+
+
+def jsonable(obj: Any) -> Any:
+    """Turn model dataclasses (and enums, tuples) into JSON-ready values."""
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if hasattr(obj, "__dataclass_fields__"):
+        return {name: jsonable(getattr(obj, name)) for name in obj.__dataclass_fields__}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(item) for item in obj]
+    if isinstance(obj, dict):
+        return {str(key): jsonable(value) for key, value in obj.items()}
+    return obj
+
+
+__all__ = [
+    "PAGE_SIZES_MAX_SZ",
+    "CpuChar",
+    "PageSize",
+    "PvInfo",
+    "RadixGeometry",
+    "RmmuInfo",
+    "SegmentPageSizes",
+    "SmmuFlag",
+    "SmmuInfo",
+    "SmmuSource",
+    "jsonable",
+    "smmu_flag_names",
+]
