@@ -6,6 +6,7 @@ QEMU (``target/ppc/mmu-hash64.h``): ``page_shift``, ``slb_enc``, ``pte_enc``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -186,6 +187,79 @@ __all__ = [
     "SmmuFlag",
     "SmmuInfo",
     "SmmuSource",
+    "from_jsonable",
     "jsonable",
     "smmu_flag_names",
 ]
+
+
+def from_jsonable(cls: Any, data: Any) -> Any:
+    """Rebuild a model dataclass (or any annotated type) from :func:`jsonable` output.
+
+    Strict: unknown or missing fields and wrong types raise ``ValueError`` naming the field.
+    """
+    return _decode(cls, data, "$")
+
+
+def _decode(tp: Any, data: Any, where: str) -> Any:  # noqa: PLR0911 - one branch per kind
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return data
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if data is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _decode(option, data, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: {data!r} is none of {tp}")
+    if origin is tuple:
+        if not isinstance(data, list):
+            raise ValueError(f"{where}: expected a list, got {type(data).__name__}")
+        (item_type, _ellipsis) = typing.get_args(tp)
+        return tuple(_decode(item_type, item, f"{where}[{i}]") for i, item in enumerate(data))
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        _key_type, value_type = typing.get_args(tp)
+        return {str(k): _decode(value_type, v, f"{where}.{k}") for k, v in data.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(data)
+        except ValueError:
+            raise ValueError(f"{where}: {data!r} is not a {tp.__name__}") from None
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = set(tp.__dataclass_fields__)
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        kwargs = {}
+        for name in names:
+            if name in data:
+                kwargs[name] = _decode(hints[name], data[name], f"{where}.{name}")
+            else:
+                dc_field = tp.__dataclass_fields__[name]
+                if dc_field.default is dataclasses.MISSING and (
+                    dc_field.default_factory is dataclasses.MISSING
+                ):
+                    raise ValueError(f"{where}: missing field {name!r}")
+        return tp(**kwargs)
+    if tp is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {data!r}")
+        return float(data)
+    if tp in (int, str, bool):
+        if type(data) is not tp:
+            raise ValueError(f"{where}: expected {tp.__name__}, got {data!r}")
+        return data
+    raise ValueError(f"{where}: cannot decode type {tp}")

@@ -1,0 +1,604 @@
+"""The host probe: what this host offers a pseries guest, gathered without failing as a whole.
+
+Each part (host, hugepages, KVM, each VM type and each ioctl) carries its own ``error``
+instead of aborting the probe, so a probe on an x86 machine still reports the host and says
+plainly that its KVM is not PowerPC.  Paths are parameters so tests can use fixture trees.
+
+The result serialises to JSON with a ``schema_version``; that JSON is also a *host profile*
+(:func:`load_profile`), a probe taken on one POWER host that can be examined anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kvmppc.errors import KvmOSError, ProfileError
+from kvmppc.ioctls import Cap, VmType
+from kvmppc.model import (
+    CpuChar,
+    PageSize,
+    PvInfo,
+    RmmuInfo,
+    SegmentPageSizes,
+    SmmuInfo,
+    SmmuSource,
+    from_jsonable,
+    jsonable,
+)
+
+SCHEMA_VERSION = 1
+KVM_API_VERSION = 12  # include/uapi/linux/kvm.h: the only stable API there has been
+
+
+@dataclass(frozen=True)
+class ProbePaths:
+    """Where the probe looks; defaults are the real host."""
+
+    kvm_device: str = "/dev/kvm"
+    proc: str = "/proc"
+    sys: str = "/sys"
+    mounts: str = "/proc/self/mounts"
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """The host CPU, kernel and MMU as ``/proc/cpuinfo`` and uname describe them."""
+
+    arch: str
+    kernel_release: str | None
+    cpu_model: str | None
+    pvr: int | None
+    platform: str | None  # "PowerNV" (bare metal) or "pSeries" (an LPAR or a guest)
+    mmu: str | None  # "radix" or "hash"
+    base_page_size: int
+    error: str | None = None
+
+    @property
+    def is_powerpc(self) -> bool:
+        return self.arch.startswith(("ppc", "powerpc"))
+
+
+@dataclass(frozen=True)
+class HugepagePool:
+    """``/sys/kernel/mm/hugepages/hugepages-<N>kB``: counts of pages of ``page_size`` bytes."""
+
+    page_size: int
+    total: int
+    free: int
+    reserved: int
+    surplus: int
+
+    @property
+    def available(self) -> int:
+        """Pages a new guest can take: free pages not already promised to a mapping."""
+        return max(self.free - self.reserved, 0)
+
+
+@dataclass(frozen=True)
+class HugetlbfsMount:
+    """A hugetlbfs mount and the page size QEMU would see through statfs ``f_bsize``."""
+
+    path: str
+    page_size: int
+    page_size_from: str  # "statfs" (as QEMU reads it) or "mount-options"
+
+
+@dataclass(frozen=True)
+class HugepageInfo:
+    default_page_size: int | None
+    pools: tuple[HugepagePool, ...]
+    mounts: tuple[HugetlbfsMount, ...]
+    error: str | None = None
+
+    def pool(self, page_size: int) -> HugepagePool | None:
+        return next((pool for pool in self.pools if pool.page_size == page_size), None)
+
+
+@dataclass(frozen=True)
+class VmTypeInfo:
+    """What one KVM_CREATE_VM type offers.  ``vm_type`` is the argument (0 default, 1 HV, 2 PR)."""
+
+    name: str
+    vm_type: int
+    available: bool
+    error: str | None = None
+    is_pr: bool | None = None  # QEMU's kvmppc_is_pr(): KVM_CAP_PPC_GET_PVINFO on the VM fd
+    caps: dict[str, int] = field(default_factory=dict)
+    smmu: SmmuInfo | None = None
+    smmu_error: str | None = None
+    rmmu: RmmuInfo | None = None
+    rmmu_error: str | None = None
+    cpu_char: CpuChar | None = None
+    cpu_char_error: str | None = None
+    pvinfo: PvInfo | None = None
+    pvinfo_error: str | None = None
+
+    @property
+    def kind(self) -> str | None:
+        """"PR" or "HV", the implementation this VM type lands on, when known."""
+        if self.is_pr is None:
+            return None
+        return "PR" if self.is_pr else "HV"
+
+
+@dataclass(frozen=True)
+class KvmInfo:
+    device: str
+    present: bool
+    powerpc: bool  # the device answered the PowerPC ioctls
+    api_version: int | None = None
+    modules: tuple[str, ...] = ()
+    caps: dict[str, int] = field(default_factory=dict)  # on the system fd
+    vm_types: dict[str, VmTypeInfo] = field(default_factory=dict)  # "default", "hv", "pr"
+    error: str | None = None
+
+    @property
+    def usable_vm_types(self) -> list[VmTypeInfo]:
+        return [vm for vm in self.vm_types.values() if vm.available and vm.smmu is not None]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    host: HostInfo
+    hugepages: HugepageInfo
+    kvm: KvmInfo
+    probed_at: float
+    duration_s: float
+    source: str = "live"  # "live", or "profile:NAME" when replayed
+    kvmppc_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(jsonable(self), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeResult:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ProfileError(
+                f"host profile has schema_version {version!r}; this kvmppc reads version"
+                f" {SCHEMA_VERSION}: take the probe again with this version's"
+                " 'kvmppc probe --json'"
+            )
+        try:
+            result = from_jsonable(cls, data)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ProfileError(f"host profile does not match the probe schema: {exc}") from None
+        assert isinstance(result, ProbeResult)
+        return result
+
+    def vm_type(self, name: str) -> VmTypeInfo | None:
+        return self.kvm.vm_types.get(name.lower())
+
+
+# --------------------------------------------------------------------------------------------
+# host
+
+
+def _read(path: str | Path) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+_PVR_RE = re.compile(r"\(pvr\s+([0-9a-fA-F]{4})\s+([0-9a-fA-F]{4})\)")
+
+
+def parse_cpuinfo(text: str) -> dict[str, str | int | None]:
+    """Pick the CPU model, PVR, platform and MMU from ``/proc/cpuinfo``.
+
+    powerpc prints ``cpu : POWER9 (architected), altivec supported``, ``revision : 2.2 (pvr
+    004e 1202)``, ``platform : PowerNV`` and ``MMU : Radix`` (arch/powerpc/kernel/setup-common.c
+    show_cpuinfo); other architectures' ``model name`` is taken as the model.
+    """
+    cpu_model: str | None = None
+    pvr: int | None = None
+    platform: str | None = None
+    mmu: str | None = None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key == "cpu" and cpu_model is None:
+            cpu_model = value.split(",")[0].strip()
+        elif key == "model name" and cpu_model is None:
+            cpu_model = value
+        elif key == "revision" and pvr is None:
+            match = _PVR_RE.search(value)
+            if match:
+                pvr = int(match.group(1) + match.group(2), 16)
+        elif key == "platform":
+            platform = value
+        elif key == "MMU":
+            mmu = value.lower()
+    return {"cpu_model": cpu_model, "pvr": pvr, "platform": platform, "mmu": mmu}
+
+
+def probe_host(paths: ProbePaths, *, machine: str, base_page_size: int) -> HostInfo:
+    errors = []
+    release: str | None = None
+    try:
+        release = _read(Path(paths.proc, "sys/kernel/osrelease")).strip()
+    except OSError as exc:
+        errors.append(f"kernel release: {exc}")
+    fields: dict[str, str | int | None] = {
+        "cpu_model": None, "pvr": None, "platform": None, "mmu": None,
+    }
+    try:
+        fields = parse_cpuinfo(_read(Path(paths.proc, "cpuinfo")))
+    except OSError as exc:
+        errors.append(f"cpuinfo: {exc}")
+    cpu_model, pvr, platform, mmu = (
+        fields["cpu_model"], fields["pvr"], fields["platform"], fields["mmu"],
+    )
+    return HostInfo(
+        arch=machine,
+        kernel_release=release,
+        cpu_model=cpu_model if isinstance(cpu_model, str) else None,
+        pvr=pvr if isinstance(pvr, int) else None,
+        platform=platform if isinstance(platform, str) else None,
+        mmu=mmu if isinstance(mmu, str) else None,
+        base_page_size=base_page_size,
+        error="; ".join(errors) or None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# hugepages
+
+
+_POOL_RE = re.compile(r"^hugepages-(\d+)kB$")
+_SIZE_OPTION_RE = re.compile(r"^(\d+)([KMGkmg]?)$")
+
+
+def _parse_size_option(text: str) -> int | None:
+    """hugetlbfs's ``pagesize=`` mount option (memparse syntax: 2M, 1G, 16M, 2048K)."""
+    match = _SIZE_OPTION_RE.match(text)
+    if not match:
+        return None
+    return int(match.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[match.group(2).lower()]
+
+
+def _unescape_mount_path(text: str) -> str:
+    # The mount table escapes space, tab, newline and backslash as octal (\040 ...).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def read_hugepage_pools(sys_root: str) -> tuple[HugepagePool, ...]:
+    base = Path(sys_root, "kernel/mm/hugepages")
+    pools = []
+    for entry in sorted(os.listdir(base)):
+        match = _POOL_RE.match(entry)
+        if not match:
+            continue
+
+        def count(name: str, entry: str = entry) -> int:
+            return int(_read(base / entry / name).strip())
+
+        pools.append(
+            HugepagePool(
+                page_size=int(match.group(1)) * 1024,
+                total=count("nr_hugepages"),
+                free=count("free_hugepages"),
+                reserved=count("resv_hugepages"),
+                surplus=count("surplus_hugepages"),
+            )
+        )
+    return tuple(sorted(pools, key=lambda pool: pool.page_size))
+
+
+def read_hugetlbfs_mounts(
+    mounts_file: str,
+    default_page_size: int | None,
+    statfs: Callable[[str], tuple[int, int]] | None,
+    hugetlbfs_magic: int,
+) -> tuple[HugetlbfsMount, ...]:
+    """hugetlbfs mounts from the mount table, each with the page size QEMU would use.
+
+    QEMU (util/mmap-alloc.c qemu_mempath_getpagesize) takes statfs ``f_bsize`` when ``f_type``
+    is HUGETLBFS_MAGIC; where the mount cannot be statfs'd (a fixture tree, or another mount
+    namespace) its ``pagesize=`` option, else the default huge page size, stands in.
+    """
+    mounts = []
+    for line in _read(mounts_file).splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[2] != "hugetlbfs":
+            continue
+        path = _unescape_mount_path(parts[1])
+        page_size: int | None = None
+        source = "statfs"
+        if statfs is not None:
+            try:
+                f_type, f_bsize = statfs(path)
+            except OSError:
+                pass  # not visible from here: fall back to the mount options below
+            else:
+                if f_type == hugetlbfs_magic:
+                    page_size = f_bsize
+        if page_size is None:
+            source = "mount-options"
+            options = dict(
+                option.partition("=")[::2] for option in parts[3].split(",")
+            )
+            page_size = _parse_size_option(options.get("pagesize", "")) or default_page_size
+        if page_size:
+            mounts.append(HugetlbfsMount(path, page_size, source))
+    return tuple(mounts)
+
+
+def _default_hugepage_size(proc: str) -> int | None:
+    for line in _read(Path(proc, "meminfo")).splitlines():
+        if line.startswith("Hugepagesize:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def probe_hugepages(
+    paths: ProbePaths, statfs: Callable[[str], tuple[int, int]] | None, hugetlbfs_magic: int
+) -> HugepageInfo:
+    errors = []
+    default: int | None = None
+    pools: tuple[HugepagePool, ...] = ()
+    mounts: tuple[HugetlbfsMount, ...] = ()
+    try:
+        default = _default_hugepage_size(paths.proc)
+    except (OSError, ValueError, IndexError) as exc:
+        errors.append(f"meminfo: {exc}")
+    try:
+        pools = read_hugepage_pools(paths.sys)
+    except FileNotFoundError:
+        pass  # no hugetlb support in this kernel: no pools, which is an answer, not an error
+    except (OSError, ValueError) as exc:
+        errors.append(f"hugepage pools: {exc}")
+    try:
+        mounts = read_hugetlbfs_mounts(paths.mounts, default, statfs, hugetlbfs_magic)
+    except OSError as exc:
+        errors.append(f"mount table: {exc}")
+    return HugepageInfo(default, pools, mounts, "; ".join(errors) or None)
+
+
+# --------------------------------------------------------------------------------------------
+# KVM
+
+
+def fallback_smmu_info(is_pr: bool, cpu_model: str | None) -> SmmuInfo:
+    """QEMU 3.0's guess when the kernel lacks KVM_CAP_PPC_GET_SMMU_INFO
+    (target/ppc/kvm.c kvm_get_fallback_smmu_info, removed in 3.1).
+
+    PR "only supports 4K and 16M pages, but supports them regardless of the backing store";
+    HV needs real pages, has 1T segments when the CPU does, a 32-entry SLB and 64K pages on
+    MMU 2.06/2.07 (POWER7/POWER8), else 64 entries; "P7 encodings" are assumed.
+    """
+    if is_pr:
+        return SmmuInfo(
+            flags=0,
+            slb_size=64,
+            data_keys=0,
+            instr_keys=0,
+            segments=(
+                SegmentPageSizes(12, 0x000, (PageSize(12, 0),)),
+                SegmentPageSizes(24, 0x100, (PageSize(24, 0),)),
+            ),
+            source=SmmuSource.GUESSED,
+        )
+    model = (cpu_model or "").upper()
+    mmu_2_06_or_2_07 = model.startswith(("POWER7", "POWER8"))
+    # POWER7 and later hash MMUs have PPC_HASH64_1TSEG; 970 and POWER5+ (basic table) do not.
+    one_t = model.startswith(("POWER7", "POWER8", "POWER9", "POWER10", "POWER11"))
+    segments = [SegmentPageSizes(12, 0x000, (PageSize(12, 0),))]
+    if mmu_2_06_or_2_07:
+        segments.append(SegmentPageSizes(16, 0x110, (PageSize(16, 1),)))
+    segments.append(SegmentPageSizes(24, 0x100, (PageSize(24, 0),)))
+    return SmmuInfo(
+        flags=0x1 | (0x2 if one_t else 0),
+        slb_size=32 if mmu_2_06_or_2_07 else 64,
+        data_keys=0,
+        instr_keys=0,
+        segments=tuple(segments),
+        source=SmmuSource.GUESSED,
+    )
+
+
+def _loaded_modules(sys_root: str) -> tuple[str, ...]:
+    # /sys/module/<name> exists for loaded modules and for built-in ones with parameters.
+    return tuple(
+        name for name in ("kvm", "kvm_hv", "kvm_pr") if Path(sys_root, "module", name).is_dir()
+    )
+
+
+_VM_TYPE_NAMES = {VmType.DEFAULT: "default", VmType.HV: "hv", VmType.PR: "pr"}
+
+
+def _probe_vm_type(device: Any, vm_type: VmType, system_caps: dict[str, int],
+                   host: HostInfo) -> VmTypeInfo:
+    name = _VM_TYPE_NAMES[vm_type]
+    try:
+        vm = device.create_vm(vm_type)
+    except KvmOSError as exc:
+        return VmTypeInfo(name, int(vm_type), available=False, error=str(exc))
+    with vm:
+        caps: dict[str, int] = {}
+        per_vm = system_caps.get(Cap.CHECK_EXTENSION_VM.name, 0) > 0
+        for cap in Cap:
+            # Ask the VM where the kernel allows it (KVM_CAP_CHECK_EXTENSION_VM): with both
+            # modules loaded the system fd answers as if HV were in use.
+            if per_vm:
+                try:
+                    caps[cap.name] = vm.check_extension(cap)
+                    continue
+                except KvmOSError:
+                    pass  # QEMU's kvm_vm_check_extension falls back to the system fd too
+            caps[cap.name] = system_caps.get(cap.name, 0)
+        # QEMU target/ppc/kvm.c kvmppc_is_pr(): "Assume KVM-PR if the GET_PVINFO capability
+        # is available" (the kernel reports it only for PR, powerpc.c).
+        is_pr = caps.get(Cap.PPC_GET_PVINFO.name, 0) != 0
+        info = VmTypeInfo(
+            name, int(vm_type), available=True, is_pr=is_pr if host.is_powerpc else None,
+            caps=caps,
+        )
+        if caps.get(Cap.PPC_GET_SMMU_INFO.name, 0) or not host.is_powerpc:
+            # Off powerpc the ioctl is issued anyway: its ENOTTY is the real answer.
+            try:
+                info = replace(info, smmu=vm.get_smmu_info())
+            except KvmOSError as exc:
+                info = replace(info, smmu_error=str(exc))
+        else:
+            # A PowerPC kernel older than KVM_PPC_GET_SMMU_INFO (Linux 3.5): QEMU 3.0's guess.
+            info = replace(info, smmu=fallback_smmu_info(is_pr, host.cpu_model))
+        try:
+            info = replace(info, rmmu=vm.get_rmmu_info())
+        except KvmOSError as exc:
+            info = replace(info, rmmu_error=str(exc))
+        try:
+            info = replace(info, cpu_char=vm.get_cpu_char())
+        except KvmOSError as exc:
+            info = replace(info, cpu_char_error=str(exc))
+        if is_pr and host.is_powerpc:
+            try:
+                info = replace(info, pvinfo=vm.get_pvinfo())
+            except KvmOSError as exc:
+                info = replace(info, pvinfo_error=str(exc))
+    return info
+
+
+def probe_kvm(paths: ProbePaths, host: HostInfo) -> KvmInfo:
+    """Open the device, read its API version and caps, and probe each VM type.
+
+    The type argument of KVM_CREATE_VM is architecture-specific (on x86, 1 would ask for a
+    software-protected VM), so HV and PR are only tried on powerpc.
+    """
+    from kvmppc import _kvm  # the one door to the kernel
+
+    modules = _loaded_modules(paths.sys)
+    try:
+        device = _kvm.KvmDevice(paths.kvm_device)
+    except KvmOSError as exc:
+        return KvmInfo(
+            device=paths.kvm_device,
+            present=os.path.exists(paths.kvm_device),
+            powerpc=host.is_powerpc,
+            modules=modules,
+            error=str(exc),
+        )
+    with device:
+        api_version = device.api_version()
+        if api_version != KVM_API_VERSION:
+            return KvmInfo(
+                paths.kvm_device, True, host.is_powerpc, api_version, modules,
+                error=f"KVM API version {api_version}, expected {KVM_API_VERSION}:"
+                " this kernel's KVM is not one kvmppc (or QEMU) can use",
+            )
+        caps: dict[str, int] = {}
+        for cap in Cap:
+            caps[cap.name] = device.check_extension(cap)
+        vm_types = {}
+        for vm_type in (VmType.DEFAULT, VmType.HV, VmType.PR):
+            if vm_type != VmType.DEFAULT and not host.is_powerpc:
+                vm_types[_VM_TYPE_NAMES[vm_type]] = VmTypeInfo(
+                    _VM_TYPE_NAMES[vm_type], int(vm_type), available=False,
+                    error=f"KVM-{vm_type.name} exists only on PowerPC hosts;"
+                    f" this host is {host.arch}",
+                )
+                continue
+            vm_types[_VM_TYPE_NAMES[vm_type]] = _probe_vm_type(device, vm_type, caps, host)
+    return KvmInfo(
+        device=paths.kvm_device,
+        present=True,
+        powerpc=host.is_powerpc,
+        api_version=api_version,
+        modules=modules,
+        caps=caps,
+        vm_types=vm_types,
+    )
+
+
+def probe(
+    paths: ProbePaths | None = None,
+    *,
+    machine: str | None = None,
+    base_page_size: int | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    include_kvm: bool = True,
+) -> ProbeResult:
+    """Probe the host.  Never raises for a part that fails: the part carries the error."""
+    from kvmppc import __version__, _kvm
+
+    paths = paths or ProbePaths()
+    start = monotonic()
+    probed_at = clock()
+    host = probe_host(
+        paths,
+        machine=machine or os.uname().machine,
+        base_page_size=base_page_size or os.sysconf("SC_PAGE_SIZE"),
+    )
+    hugepages = probe_hugepages(paths, _kvm.statfs_type_and_block_size, _kvm.HUGETLBFS_MAGIC)
+    kvm = probe_kvm(paths, host) if include_kvm else KvmInfo(paths.kvm_device, False, False)
+    return ProbeResult(
+        host=host,
+        hugepages=hugepages,
+        kvm=kvm,
+        probed_at=probed_at,
+        duration_s=monotonic() - start,
+        kvmppc_version=__version__,
+    )
+
+
+def refresh_hugepages(result: ProbeResult, paths: ProbePaths | None = None) -> ProbeResult:
+    """The cached probe with its fast-changing part (pool counts, mounts) read again."""
+    from kvmppc import _kvm
+
+    if result.source != "live":
+        return result  # a replayed profile describes another host: nothing here to re-read
+    paths = paths or ProbePaths()
+    return replace(
+        result,
+        hugepages=probe_hugepages(paths, _kvm.statfs_type_and_block_size, _kvm.HUGETLBFS_MAGIC),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# host profiles
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the host profiles shipped in ``kvmppc/profiles`` (real kernels' answers)."""
+    return sorted(
+        entry.name.removesuffix(".json")
+        for entry in resources.files("kvmppc.profiles").iterdir()
+        if entry.name.endswith(".json")
+    )
+
+
+def load_profile(name_or_path: str) -> ProbeResult:
+    """A saved probe: a file path, or the name of a shipped profile."""
+    path = Path(name_or_path)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        label = str(path)
+    elif "/" not in name_or_path and name_or_path in shipped_profiles():
+        text = (resources.files("kvmppc.profiles") / f"{name_or_path}.json").read_text(
+            encoding="utf-8"
+        )
+        label = name_or_path
+    else:
+        raise ProfileError(
+            f"no host profile {name_or_path!r}: give a file written by"
+            f" 'kvmppc probe --json' or one of the shipped profiles:"
+            f" {', '.join(shipped_profiles()) or '(none)'}"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"host profile {label} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"host profile {label} is not a JSON object")
+    return replace(ProbeResult.from_dict(data), source=f"profile:{label}")
