@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,10 +203,7 @@ def from_jsonable(cls: Any, data: Any) -> Any:
     return _decode(cls, data, "$")
 
 
-def _decode(tp: Any, data: Any, where: str) -> Any:  # noqa: PLR0911 - one branch per kind
-    import types
-    import typing
-
+def _decode(tp: Any, data: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return data

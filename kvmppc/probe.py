@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from kvmppc import __version__, _kvm
 from kvmppc.errors import KvmOSError, ProfileError
 from kvmppc.ioctls import Cap, VmType
 from kvmppc.model import (
@@ -475,8 +476,6 @@ def probe_kvm(paths: ProbePaths, host: HostInfo) -> KvmInfo:
     The type argument of KVM_CREATE_VM is architecture-specific (on x86, 1 would ask for a
     software-protected VM), so HV and PR are only tried on powerpc.
     """
-    from kvmppc import _kvm  # the one door to the kernel
-
     modules = _loaded_modules(paths.sys)
     try:
         device = _kvm.KvmDevice(paths.kvm_device)
@@ -530,8 +529,6 @@ def probe(
     include_kvm: bool = True,
 ) -> ProbeResult:
     """Probe the host.  Never raises for a part that fails: the part carries the error."""
-    from kvmppc import __version__, _kvm
-
     paths = paths or ProbePaths()
     start = monotonic()
     probed_at = clock()
@@ -554,8 +551,6 @@ def probe(
 
 def refresh_hugepages(result: ProbeResult, paths: ProbePaths | None = None) -> ProbeResult:
     """The cached probe with its fast-changing part (pool counts, mounts) read again."""
-    from kvmppc import _kvm
-
     if result.source != "live":
         return result  # a replayed profile describes another host: nothing here to re-read
     paths = paths or ProbePaths()

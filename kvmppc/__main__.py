@@ -1,0 +1,7 @@
+"""``python -m kvmppc``."""
+
+import sys
+
+from kvmppc.cli import main
+
+sys.exit(main())
