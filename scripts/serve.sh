@@ -1,0 +1,9 @@
+#!/bin/bash
+# The main job: set up, show what this host offers, then run the kvmppc daemon in the
+# foreground on this machine's real /dev/kvm. Arguments go to `kvmppc serve`
+# (defaults: API socket /run/kvmppc/kvmppc.sock, metrics on the port in the README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/kvmppc probe
+exec .venv/bin/kvmppc serve "$@"
