@@ -1,0 +1,814 @@
+"""Run kvmppc inside a ppc64le guest under QEMU, on real POWER kernels' KVM.
+
+The guest is a pseries machine under TCG. Debian's ppc64el kernel gets nested KVM-HV with
+``-M pseries,cap-nested-hv=on`` on POWER9/POWER10; KVM-PR needs the kernel that
+``build-pr-kernel.sh`` builds, on POWER8. The initramfs holds busybox, Debian's ppc64el
+python3.11 with python3-cffi-backend, and kvmppc with its cffi extension cross-compiled by
+``powerpc64le-linux-gnu-gcc``. One boot runs a list of commands (battery.py) and brings back
+each one's exit status and output over the console, framed and base64-encoded.
+
+Everything downloaded or built is cached under ``$KVMPPC_GUEST_CACHE`` (default
+/var/tmp/kvmppc-guest): .deb files by their Debian version (it is in the file name), the
+guest image by those versions plus a hash of the project's own files.
+
+Library for tests/test_powerguest.py, and a CLI::
+
+    python3 -m tests.powerguest.harness build              # fetch and build, print paths
+    python3 -m tests.powerguest.harness run power9-hv      # boot, run the battery, print it
+    python3 -m tests.powerguest.harness run power9-hv -c 'cat /proc/cpuinfo'
+    python3 -m tests.powerguest.harness shell power8-pr    # battery, then a console shell
+    python3 -m tests.powerguest.harness capture-profiles   # rewrite kvmppc/profiles/*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import lzma
+import os
+import re
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+if __package__ in (None, ""):  # run as a file: make "tests.powerguest" importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.powerguest.battery import BATTERY, GuestCommand, commands_for
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ARCH = "ppc64el"
+TRIPLET = "powerpc64le-linux-gnu"
+QEMU = "qemu-system-ppc64"
+CROSS_GCC = f"{TRIPLET}-gcc"
+PR_KERNEL_SCRIPT = HERE / "build-pr-kernel.sh"
+DEFAULT_BOOT_TIMEOUT = 600.0  # seconds; a TCG boot plus battery takes well under a minute
+
+# Debian ppc64el packages unpacked into the guest root: busybox for /init and the shell,
+# python3.11 and what its interpreter and the modules kvmppc imports link against (libssl3:
+# _ssl and _hashlib, which http.server and prometheus_client import).
+GUEST_PACKAGES = (
+    "busybox-static",
+    "libc6",
+    "libgcc-s1",
+    "zlib1g",
+    "libexpat1",
+    "libffi8",
+    "libssl3",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "python3.11-minimal",
+    "python3-cffi-backend",
+)
+# Headers for cross-compiling the cffi extension. linux-libc-dev's headers come first so the
+# request numbers are powerpc's, as the target's own <asm/ioctl.h> encodes them.
+BUILD_PACKAGES = ("linux-libc-dev", "libpython3.11-dev", "python3.11-dev")
+DEBIAN_KERNEL_METAPACKAGE = "linux-image-powerpc64le"
+
+# Not worth a place in the initramfs (the guest runs no tests of CPython itself).
+PYTHON_TRIM = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/lintian",
+    "usr/share/locale",
+    "usr/share/binfmts",
+    f"usr/lib/{TRIPLET}/gconv",
+    "usr/lib/python3.11/test",
+    "usr/lib/python3.11/idlelib",
+    "usr/lib/python3.11/tkinter",
+    "usr/lib/python3.11/turtledemo",
+    "usr/lib/python3.11/ensurepip",
+    "usr/lib/python3.11/lib2to3",
+    "usr/lib/python3.11/pydoc_data",
+)
+# Host distributions that are not copied into the guest: cffi's backend comes from Debian's
+# python3-cffi-backend, and systemd-python is compiled (kvmppc imports it lazily).
+NOT_COPIED = {"cffi", "pycparser", "systemd-python"}
+DEFAULT_GUEST_DEPENDENCIES = ("ioctl-opt", "prometheus-client")
+
+
+class HarnessError(Exception):
+    """The harness could not build or run the guest."""
+
+
+class MissingPrerequisiteError(HarnessError):
+    """Something the guest needs is absent (a tool, the PR kernel); tests skip on this."""
+
+
+def progress(message: str) -> None:
+    print(f"powerguest: {message}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KVMPPC_GUEST_CACHE", "/var/tmp/kvmppc-guest"))
+
+
+def _run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, check=True, text=True, capture_output=True, **kwargs)
+    except FileNotFoundError as exc:
+        raise MissingPrerequisiteError(
+            f"{argv[0]} not found: run scripts/setup-system.sh as root"
+        ) from exc
+    except subprocess.CalledProcessError as exc:
+        raise HarnessError(f"{' '.join(argv)} failed ({exc.returncode}): {exc.stderr}") from exc
+
+
+def check_host_tools() -> None:
+    """Raise MissingPrerequisiteError naming what to install when a host tool is absent."""
+    missing = [tool for tool in (QEMU, CROSS_GCC, "apt-get", "dpkg") if not shutil.which(tool)]
+    if missing:
+        raise MissingPrerequisiteError(
+            f"{', '.join(missing)} not installed: run scripts/setup-system.sh as root"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Debian packages
+
+
+_APT = ("-o", "APT::Sandbox::User=root")  # downloads into the cache as root, quietly
+
+
+def fetch_deb(package: str, arch: str = ARCH) -> Path:
+    """The .deb of ``package`` that apt would install now, downloaded into the cache once.
+
+    Debian puts the version in the file name, so a new version is a new file. Without the
+    package lists (offline), the newest cached file of that package is used.
+    """
+    debs = cache_dir() / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    spec = f"{package}:{arch}" if arch != "all" else package
+    try:
+        uris = _run(["apt-get", *_APT, "download", "--print-uris", spec]).stdout
+    except MissingPrerequisiteError:
+        raise
+    except HarnessError as exc:
+        cached = sorted(debs.glob(f"{package}_*_{arch}.deb"), key=lambda p: p.stat().st_mtime)
+        if cached:
+            progress(f"apt cannot resolve {spec}; using cached {cached[-1].name}")
+            return cached[-1]
+        raise MissingPrerequisiteError(
+            f"cannot fetch {spec}: {exc} (is the {arch} architecture added and apt-get"
+            " update run? scripts/setup-system.sh does both)"
+        ) from exc
+    line = uris.strip().splitlines()[-1]
+    filename = line.split()[1]
+    path = debs / filename
+    if not path.exists():
+        progress(f"downloading {filename}")
+        with tempfile.TemporaryDirectory(dir=debs) as scratch:
+            _run(["apt-get", *_APT, "-q", "download", spec], cwd=scratch)
+            (Path(scratch) / filename).rename(path)
+    return path
+
+
+def unpack_deb(deb: Path, into: Path) -> None:
+    _run(["dpkg-deb", "-x", str(deb), str(into)])
+
+
+def debian_kernel_package() -> str:
+    """linux-image-<abi>-powerpc64le, the package Debian's metapackage depends on now."""
+    try:
+        out = _run(["apt-cache", "depends", f"{DEBIAN_KERNEL_METAPACKAGE}:{ARCH}"]).stdout
+    except HarnessError:
+        cached = sorted((cache_dir() / "debs").glob(f"linux-image-*-powerpc64le_*_{ARCH}.deb"))
+        if cached:
+            return cached[-1].name.split("_")[0]
+        raise
+    for line in out.splitlines():
+        match = re.match(r"\s*Depends:\s*(linux-image-\S+?)(:ppc64el)?$", line)
+        if match:
+            return match.group(1)
+    raise HarnessError(f"no kernel image among the dependencies of {DEBIAN_KERNEL_METAPACKAGE}")
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str  # "debian" or "pr"
+    release: str  # uname -r
+    vmlinux: Path
+    modules: dict[str, Path]  # "kvm-hv" -> kvm-hv.ko (or .ko.xz/.ko.zst as Debian ships it)
+    key: str  # what identifies the build: the .deb's name, or the PR build's directory
+
+
+def debian_kernel() -> Kernel:
+    """Debian's current ppc64el kernel; it has kvm-hv but cannot have kvm-pr."""
+    deb = fetch_deb(debian_kernel_package())
+    root = cache_dir() / "kernels" / deb.stem
+    if not (root / "DONE").exists():
+        progress(f"unpacking {deb.name}")
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        unpack_deb(deb, root)
+        (root / "DONE").touch()
+    (release,) = [path.name for path in (root / "lib/modules").iterdir()]
+    kvm_dir = root / "lib/modules" / release / "kernel/arch/powerpc/kvm"
+    modules = {path.name.split(".ko")[0]: path for path in kvm_dir.iterdir()}
+    return Kernel("debian", release, root / "boot" / f"vmlinux-{release}", modules, deb.name)
+
+
+def pr_kernel_dir_pattern() -> str:
+    """build-pr-kernel.sh's output directory for its current text, any source version."""
+    script_hash = hashlib.sha256(PR_KERNEL_SCRIPT.read_bytes()).hexdigest()[:12]
+    return f"*-{script_hash}"
+
+
+def pr_kernel() -> Kernel:
+    """The KVM-PR capable kernel build-pr-kernel.sh built, or MissingPrerequisiteError."""
+    stamps = (cache_dir() / "pr-kernel").glob(f"{pr_kernel_dir_pattern()}/DONE")
+    built = sorted((done.parent for done in stamps), key=lambda path: path.stat().st_mtime)
+    if not built:
+        raise MissingPrerequisiteError(
+            "no KVM-PR kernel built for this version of tests/powerguest/build-pr-kernel.sh"
+            f" in {cache_dir() / 'pr-kernel'}: run that script (about 14 min on 2 cores)"
+        )
+    root = built[-1]
+    modules = {path.stem: path for path in (root / "modules").glob("*.ko")}
+    release = (root / "release").read_text().strip()
+    return Kernel("pr", release, root / "vmlinux", modules, root.name)
+
+
+def kernel_named(name: str) -> Kernel:
+    if name == "debian":
+        return debian_kernel()
+    if name == "pr":
+        return pr_kernel()
+    raise HarnessError(f"unknown kernel {name!r}: 'debian' or 'pr'")
+
+
+# --------------------------------------------------------------------------------------------
+# guest configurations
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    name: str
+    kind: str  # "hv" or "pr": which KVM the guest's kernel offers, and which commands run
+    kernel: str  # "debian" or "pr"
+    cpu: str  # QEMU -cpu
+    machine: str  # QEMU -M
+    modules: tuple[str, ...]  # loaded in order with insmod
+    memory: str = "2G"
+
+
+# Nested KVM-HV needs cap-nested-hv (QEMU refuses it before POWER9); x-vof=on boots with
+# QEMU's Virtual Open Firmware instead of SLOF, about 10 s faster a boot. KVM-PR cannot load
+# on a radix guest (kvmppc_core_check_processor_compat_pr: -EIO), hence POWER8 (hash).
+CONFIGS: dict[str, GuestConfig] = {
+    config.name: config
+    for config in (
+        GuestConfig("power9-hv", "hv", "debian", "POWER9",
+                    "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv")),
+        GuestConfig("power10-hv", "hv", "debian", "POWER10",
+                    "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv")),
+        GuestConfig("power8-pr", "pr", "pr", "POWER8", "pseries,x-vof=on", ("kvm", "kvm-pr")),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# initramfs
+
+
+class CpioWriter:
+    """A newc ("070701") cpio archive, the format the kernel unpacks into its rootfs.
+
+    Written here rather than with cpio(1) so that entries are owned by root, have mtime 0
+    (the image is reproducible from its inputs) and device nodes need no mknod on the host.
+    """
+
+    def __init__(self, out: BinaryIO | gzip.GzipFile) -> None:
+        self._out = out
+        self._ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
+               nlink: int = 1) -> None:
+        encoded = name.encode() + b"\0"
+        fields = (self._ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1],
+                  len(encoded), 0)
+        self._ino += 1
+        header = b"070701" + b"".join(b"%08X" % value for value in fields)
+        self._out.write(header + encoded + b"\0" * (-(len(header) + len(encoded)) % 4))
+        self._out.write(data + b"\0" * (-len(data) % 4))
+
+    def directory(self, name: str, mode: int = 0o755) -> None:
+        self._entry(name, stat.S_IFDIR | mode, nlink=2)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def char_device(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._entry(name, stat.S_IFCHR | mode, rdev=(major, minor))
+
+    def tree(self, root: Path, prefix: str = "") -> None:
+        """Add everything under ``root`` (parents before children, in sorted order)."""
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            base = Path(dirpath)
+            for name in sorted(dirnames) + sorted(filenames):
+                path = base / name
+                arcname = prefix + str(path.relative_to(root))
+                info = path.lstat()
+                if stat.S_ISLNK(info.st_mode):
+                    self.symlink(arcname, os.readlink(path))
+                elif stat.S_ISDIR(info.st_mode):
+                    self.directory(arcname, stat.S_IMODE(info.st_mode))
+                elif stat.S_ISREG(info.st_mode):
+                    self.file(arcname, path.read_bytes(), stat.S_IMODE(info.st_mode))
+
+    def close(self) -> None:
+        self._entry("TRAILER!!!", 0)
+
+
+def write_cpio_gz(path: Path, fill: Any) -> None:
+    """Write ``path`` atomically as a gzip'd newc archive; ``fill(CpioWriter)`` adds entries."""
+    scratch = path.with_name(path.name + ".part")
+    with open(scratch, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
+                                                    compresslevel=6) as gz:
+        writer = CpioWriter(gz)
+        fill(writer)
+        writer.close()
+    scratch.rename(path)
+
+
+# --------------------------------------------------------------------------------------------
+# the guest image: busybox, python, kvmppc
+
+
+def _project_files() -> list[Path]:
+    """The project's files that go into (or decide) the guest image."""
+    files = [REPO / name for name in ("pyproject.toml", "setup.py") if (REPO / name).exists()]
+    for top in (REPO / "kvmppc", HERE):
+        for path in sorted(top.rglob("*")):
+            if path.is_file() and not _is_build_output(path):
+                files.append(path)
+    return files
+
+
+def _is_build_output(path: Path) -> bool:
+    return "__pycache__" in path.parts or path.suffix in (".so", ".pyc", ".o", ".c")
+
+
+def guest_dependencies() -> list[str]:
+    """Distributions the package needs at run time (pyproject's dependencies), as names."""
+    pyproject = REPO / "pyproject.toml"
+    if not pyproject.exists():
+        return list(DEFAULT_GUEST_DEPENDENCIES)
+    project = tomllib.loads(pyproject.read_text()).get("project", {})
+    names = []
+    for requirement in project.get("dependencies", []):
+        name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0]
+        if name.lower() not in NOT_COPIED:
+            names.append(name)
+    return names
+
+
+def _host_distribution_files(name: str) -> tuple[str, list[tuple[Path, str]]]:
+    """(version, [(file on the host, path under site-packages)]) of a pure-Python dist."""
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise MissingPrerequisiteError(
+            f"{name} is not installed on the host; install the project's dependencies"
+            " (pip install -e .) so the harness can copy it into the guest"
+        ) from None
+    files = []
+    for entry in dist.files or ():
+        relative = str(entry)
+        if relative.startswith("..") or "__pycache__" in relative or relative.endswith(".pyc"):
+            continue
+        if relative.endswith(".so"):
+            raise HarnessError(f"{name} has a compiled extension ({relative}): it cannot be"
+                               " copied into the ppc64le guest; add it to NOT_COPIED")
+        files.append((Path(str(dist.locate_file(entry))), relative))
+    return dist.version, files
+
+
+def _console_scripts() -> dict[str, str]:
+    pyproject = REPO / "pyproject.toml"
+    if not pyproject.exists():
+        return {"kvmppc": "kvmppc.__main__:main"}
+    scripts = tomllib.loads(pyproject.read_text()).get("project", {}).get("scripts", {})
+    return dict(scripts)
+
+
+def _cffi_builders() -> list[tuple[Path, str]]:
+    """setup.py's ``cffi_modules=["kvmppc/_ioctl_build.py:ffibuilder", ...]``."""
+    setup = REPO / "setup.py"
+    text = setup.read_text() if setup.exists() else ""
+    entries = re.findall(r"[\"']([\w/.-]+\.py):(\w+)[\"']", text)
+    return [(REPO / path, var) for path, var in entries] or [
+        (REPO / "kvmppc/_ioctl_build.py", "ffibuilder")]
+
+
+def image_inputs() -> dict[str, str]:
+    """Everything the image depends on, name -> version or content hash."""
+    inputs = {f"deb:{name}": fetch_deb(name).name for name in GUEST_PACKAGES + BUILD_PACKAGES}
+    for name in guest_dependencies():
+        inputs[f"dist:{name}"] = _host_distribution_files(name)[0]
+    inputs["host-python"] = "{}.{}".format(*sys.version_info[:2])  # the .pyc files' magic number
+    inputs["cross-gcc"] = _run([CROSS_GCC, "-dumpfullversion"]).stdout.strip()
+    digest = hashlib.sha256()
+    for path in _project_files():
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    inputs["project"] = digest.hexdigest()
+    return inputs
+
+
+def build_image() -> Path:
+    """The guest's base initramfs (kernel-independent), built once per set of inputs."""
+    check_host_tools()
+    inputs = image_inputs()
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    images = cache_dir() / "images"
+    image = images / f"base-{key}.cpio.gz"
+    if image.exists():
+        return image
+    images.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    progress(f"building guest image {image.name}")
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
+        root = Path(scratch) / "root"
+        headers = Path(scratch) / "headers"
+        _assemble_root(root, headers)
+        progress("writing the initramfs")
+        write_cpio_gz(image, lambda cpio: _fill_base(cpio, root))
+    (images / f"base-{key}.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+    for old in images.glob("base-*"):  # one image at a time is enough
+        if not old.name.startswith(f"base-{key}"):
+            old.unlink()
+    progress(f"guest image built in {time.monotonic() - started:.0f} s:"
+             f" {image.stat().st_size / 1e6:.1f} MB")
+    return image
+
+
+def _fill_base(cpio: CpioWriter, root: Path) -> None:
+    cpio.directory("dev")
+    cpio.char_device("dev/console", 5, 1)  # the kernel opens it before /init mounts devtmpfs
+    cpio.tree(root)
+
+
+def _assemble_root(root: Path, headers: Path) -> None:
+    for name in GUEST_PACKAGES:
+        progress(f"unpacking {name}")
+        unpack_deb(fetch_deb(name), root)
+    for name in BUILD_PACKAGES:
+        unpack_deb(fetch_deb(name), headers)
+    for trim in PYTHON_TRIM:
+        shutil.rmtree(root / trim, ignore_errors=True)
+    for directory in ("proc", "sys", "tmp", "root", "etc/kvmppc-guest", "lib/modules"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "usr/bin/python3").symlink_to("python3.11")
+    shutil.copy(HERE / "init.sh", root / "init")
+    (root / "init").chmod(0o755)
+
+    site = root / "usr/lib/python3/dist-packages"  # on Debian python's sys.path
+    shutil.copytree(REPO / "kvmppc", site / "kvmppc",
+                    ignore=lambda _d, names: [n for n in names if _is_build_output(Path(n))])
+    for name in guest_dependencies():
+        for source, relative in _host_distribution_files(name)[1]:
+            (site / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, site / relative)
+    for command, target in _console_scripts().items():
+        module, _, function = target.partition(":")
+        script = root / "usr/bin" / command
+        script.write_text(f"#!/usr/bin/python3.11\nimport sys\nfrom {module} import {function}\n"
+                          f"sys.exit({function}())\n")
+        script.chmod(0o755)
+    shutil.copytree(HERE / "guest", root / "opt/kvmppc-guest",
+                    ignore=lambda _d, names: [n for n in names if _is_build_output(Path(n))])
+    for builder, variable in _cffi_builders():
+        cross_compile_extension(builder, variable, site, headers)
+    if sys.version_info[:2] == (3, 11):
+        # Precompiled, so the guest does not compile every import at every boot under TCG.
+        # Same magic number for every 3.11; unchecked hashes because mtimes are 0 in the cpio.
+        progress("precompiling the guest's Python files")
+        _run([sys.executable, "-m", "compileall", "-q", "-j0", "--invalidation-mode",
+              "unchecked-hash", "-s", str(root), "-p", "/",
+              str(root / "usr/lib/python3.11"), str(site), str(root / "opt/kvmppc-guest")])
+
+
+def cross_compile_extension(builder: Path, variable: str, site: Path, headers: Path) -> Path:
+    """Emit the cffi module's C on the host, compile it for ppc64le into ``site``."""
+    emit = (
+        "import runpy, sys\n"
+        "ffi = runpy.run_path(sys.argv[1])[sys.argv[2]]\n"
+        "ffi.emit_c_code(sys.argv[3])\n"
+        "print(ffi._assigned_source[0])\n"  # the module name given to set_source()
+    )
+    c_file = headers / f"{builder.stem}.c"
+    module = _run([sys.executable, "-c", emit, str(builder), variable, str(c_file)],
+                  cwd=REPO).stdout.strip().splitlines()[-1]
+    target = site / (module.replace(".", "/") + f".cpython-311-{TRIPLET}.so")
+    progress(f"cross-compiling {module} for ppc64le")
+    include = headers / "usr/include"
+    _run([CROSS_GCC, "-shared", "-fPIC", "-O2",
+          f"-I{include}", f"-I{include / TRIPLET}",
+          f"-I{include / 'python3.11'}", f"-I{include / TRIPLET / 'python3.11'}",
+          str(c_file), "-o", str(target)])
+    return target
+
+
+def _module_bytes(path: Path) -> bytes:
+    if path.name.endswith(".xz"):
+        return lzma.decompress(path.read_bytes())
+    if path.name.endswith(".zst"):
+        return subprocess.run(["zstd", "-qdc", str(path)], check=True,
+                              capture_output=True).stdout
+    return path.read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    name: str
+    rc: int
+    output: str
+
+    def json(self) -> Any:
+        """The output parsed as JSON (for commands that print one JSON document)."""
+        return json.loads(self.output)
+
+
+@dataclass
+class GuestRun:
+    config: GuestConfig
+    kernel_release: str
+    results: dict[str, GuestResult]
+    completed: bool  # the guest got through every command and reached poweroff
+    timed_out: bool
+    seconds: float
+    log: Path  # the whole console
+    console: str = field(repr=False, default="")
+
+    def result(self, name: str) -> GuestResult:
+        if name not in self.results:
+            raise HarnessError(
+                f"{self.config.name}: no result for {name!r} (guest"
+                f" {'timed out' if self.timed_out else 'stopped'}; console in {self.log});"
+                f" console ends:\n{self.console_tail()}"
+            )
+        return self.results[name]
+
+    def console_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console.splitlines()[-lines:])
+
+
+def _run_overlay(cpio: CpioWriter, *, marker: str, config: GuestConfig, kernel: Kernel,
+                 commands: Sequence[GuestCommand], shell_after: bool) -> None:
+    cpio.directory("etc")
+    cpio.directory("etc/kvmppc-guest")
+    cpio.directory("etc/kvmppc-guest/commands")
+    cpio.file("etc/kvmppc-guest/run.conf",
+              f"MARKER={marker}\nMODULES='{' '.join(config.modules)}'\n"
+              f"SHELL_AFTER={int(shell_after)}\n".encode())
+    cpio.file("etc/kvmppc-guest/commands.list",
+              "".join(f"{c.name} {c.timeout}\n" for c in commands).encode())
+    for command in commands:
+        cpio.file(f"etc/kvmppc-guest/commands/{command.name}.sh", command.script.encode() + b"\n")
+    cpio.directory("lib")
+    cpio.directory("lib/modules")
+    cpio.directory("lib/modules/kvmppc-guest")
+    for module in config.modules:
+        if module not in kernel.modules:
+            raise HarnessError(f"kernel {kernel.release} has no {module} module")
+        cpio.file(f"lib/modules/kvmppc-guest/{module}.ko", _module_bytes(kernel.modules[module]))
+
+
+def parse_console(text: str, marker: str) -> tuple[dict[str, GuestResult], bool]:
+    """Results framed by init.sh in the console text, and whether the guest said DONE."""
+    results: dict[str, GuestResult] = {}
+    current: str | None = None
+    body: list[str] = []
+    done = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if marker not in line:
+            if current is not None and re.fullmatch(r"[A-Za-z0-9+/=]+", line):
+                body.append(line)
+            continue
+        # The kernel's own console output can precede the marker on its line.
+        words = line[line.index(marker) + len(marker):].split()
+        if words[:1] == ["BEGIN"] and len(words) == 2:
+            current, body = words[1], []
+        elif words[:1] == ["END"] and len(words) == 3 and words[1] == current:
+            output = base64.b64decode("".join(body)).decode("utf-8", "replace")
+            results[current] = GuestResult(current, int(words[2].removeprefix("rc=")), output)
+            current = None
+        elif words == ["DONE"]:
+            done = True
+    return results, done
+
+
+def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | None = None, *,
+                 timeout: float = DEFAULT_BOOT_TIMEOUT, echo: bool = False,
+                 shell_after: bool = False) -> GuestRun:
+    """Boot ``config``, run ``commands`` (its kind's battery by default), power off.
+
+    QEMU is killed after ``timeout`` seconds whatever the guest is doing. With
+    ``shell_after``, the console is this terminal's and a shell follows the commands.
+    """
+    if isinstance(config, str):
+        config = CONFIGS[config]
+    if commands is None:
+        commands = commands_for(config.kind)
+    check_host_tools()
+    kernel = kernel_named(config.kernel)
+    base = build_image()
+    marker = f"@@kvmppc-{secrets.token_hex(6)}@@"
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
+        overlay = Path(scratch) / "run.cpio.gz"
+        write_cpio_gz(overlay, lambda cpio: _run_overlay(
+            cpio, marker=marker, config=config, kernel=kernel, commands=commands,
+            shell_after=shell_after))
+        # The kernel unpacks concatenated archives one after another (Documentation/
+        # driver-api/early-userspace/buffer-format.rst), so the big base image is reused.
+        initrd = Path(scratch) / "initrd.cpio.gz"
+        with open(initrd, "wb") as out:
+            for part in (base, overlay):
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        argv = [QEMU, "-M", config.machine, "-cpu", config.cpu, "-m", config.memory,
+                "-smp", "1", "-nographic", "-no-reboot",
+                "-kernel", str(kernel.vmlinux), "-initrd", str(initrd),
+                # loglevel=1: kernel messages would cut into the framed output lines;
+                # panic=-1 with -no-reboot: a dead /init ends QEMU at once.
+                "-append", "console=hvc0 loglevel=1 panic=-1"]
+        progress(f"booting {config.name} ({config.cpu}, {kernel.release}), at most"
+                 f" {timeout:.0f} s; console in {log}")
+        console, timed_out, seconds = _boot(argv, log, timeout, echo, interactive=shell_after)
+    results, done = parse_console(console, marker)
+    progress(f"{config.name}: {len(results)} results in {seconds:.1f} s"
+             + (" (TIMED OUT, QEMU killed)" if timed_out else ""))
+    return GuestRun(config, kernel.release, results, done, timed_out, seconds, log, console)
+
+
+def _boot(argv: list[str], log: Path, timeout: float, echo: bool,
+          interactive: bool) -> tuple[str, bool, float]:
+    started = time.monotonic()
+    with open(log, "wb") as log_file:
+        log_file.write(("$ " + " ".join(argv) + "\n").encode())
+        log_file.flush()
+        process = subprocess.Popen(
+            argv, stdin=None if interactive else subprocess.DEVNULL,
+            stdout=None if interactive else subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=not interactive,
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):  # it ended just before the kill
+                if interactive:
+                    process.kill()
+                else:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        chunks = []
+        try:
+            if process.stdout is not None:
+                for line in iter(process.stdout.readline, b""):
+                    chunks.append(line)
+                    log_file.write(line)
+                    if echo:
+                        sys.stderr.write(line.decode("utf-8", "replace"))
+            process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    console = b"".join(chunks).decode("utf-8", "replace")
+    return console, timed_out.is_set(), time.monotonic() - started
+
+
+# --------------------------------------------------------------------------------------------
+# profiles
+
+
+def profile_name(config: GuestConfig, probe: dict[str, Any]) -> str:
+    """<cpu>-<mmu>-<kind>, e.g. power9-radix-hv: the CPU model, MMU mode and VM type."""
+    mmu = probe["host"]["mmu"] or "unknown"
+    return f"{config.cpu.lower()}-{mmu.lower()}-{config.kind}"
+
+
+def capture_profiles(configs: Iterable[str] | None = None) -> list[Path]:
+    """Boot each config, save its ``kvmppc probe --json`` as kvmppc/profiles/<name>.json."""
+    written = []
+    probe_command = next(command for command in BATTERY if command.name == "probe-json")
+    for name in configs or CONFIGS:
+        config = CONFIGS[name]
+        try:
+            run = run_in_guest(config, [probe_command])
+        except MissingPrerequisiteError as exc:
+            progress(f"{name}: skipped: {exc}")
+            continue
+        result = run.result("probe-json")
+        if result.rc != 0:
+            raise HarnessError(
+                f"{name}: kvmppc probe --json failed ({result.rc}):\n{result.output}")
+        probe = result.json()
+        path = REPO / "kvmppc/profiles" / f"{profile_name(config, probe)}.json"
+        path.write_text(json.dumps(probe, indent=2) + "\n")
+        progress(f"{name}: wrote {path.relative_to(REPO)} (kernel {run.kernel_release})")
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _print_run(run: GuestRun) -> None:
+    for result in run.results.values():
+        print(f"=== {result.name} rc={result.rc}")
+        print(result.output, end="" if result.output.endswith("\n") else "\n")
+    if not run.completed:
+        print(f"=== guest did not finish{' (timed out)' if run.timed_out else ''};"
+              f" console tail:\n{run.console_tail()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m tests.powerguest.harness",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("build", help="fetch the packages and build the guest image")
+    for action in ("run", "shell"):
+        p = sub.add_parser(action, help="boot a guest and run commands"
+                           + (", then a shell on the console" if action == "shell" else ""))
+        p.add_argument("config", choices=sorted(CONFIGS))
+        p.add_argument("-c", "--command", action="append", default=[],
+                       help="shell command to run instead of the battery (repeatable)")
+        p.add_argument("--timeout", type=float,
+                       default=DEFAULT_BOOT_TIMEOUT if action == "run" else 3600.0)
+        p.add_argument("--echo", action="store_true", help="copy the console to stderr")
+    p = sub.add_parser("capture-profiles", help="rewrite kvmppc/profiles from real kernels")
+    p.add_argument("configs", nargs="*", metavar="CONFIG", help=", ".join(sorted(CONFIGS)))
+    sub.add_parser("build-pr-kernel", help="run build-pr-kernel.sh (about 14 min)")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "build":
+            print(build_image())
+            print(debian_kernel().vmlinux)
+            try:
+                print(pr_kernel().vmlinux)
+            except MissingPrerequisiteError as exc:
+                print(exc)
+        elif args.action in ("run", "shell"):
+            commands = None
+            if args.command:
+                commands = [GuestCommand(f"command-{i}", script)
+                            for i, script in enumerate(args.command, 1)]
+            run = run_in_guest(args.config, commands, timeout=args.timeout, echo=args.echo,
+                               shell_after=args.action == "shell")
+            if args.action == "shell":
+                return 0 if not run.timed_out else 1
+            _print_run(run)
+            return 0 if run.completed else 1
+        elif args.action == "capture-profiles":
+            unknown = set(args.configs) - set(CONFIGS)
+            if unknown:
+                parser.error(f"unknown configs {sorted(unknown)}: choose from {sorted(CONFIGS)}")
+            capture_profiles(args.configs or None)
+        elif args.action == "build-pr-kernel":
+            return subprocess.call([str(PR_KERNEL_SCRIPT)])
+    except HarnessError as exc:
+        progress(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
