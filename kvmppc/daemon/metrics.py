@@ -1,0 +1,207 @@
+"""Prometheus metrics: a collector over the cached probe, and the daemon's own request stats.
+
+The collector builds fresh families from the cache each scrape (nothing carries over), in
+the daemon's own registry.  Series per host stay small: a few dozen on a POWER host (see the
+README), most of them the supported (segment, page) size pairs and the hugepage pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+
+from kvmppc.daemon.cache import ProbeCache
+from kvmppc.daemon.http import Request
+from kvmppc.policy import CheckRequest, check
+from kvmppc.probe import ProbeResult
+
+ENDPOINTS = ("host", "check", "refresh", "health", "metrics")
+_ENDPOINT_OF_PATH = {
+    "/v1/host": "host", "/v1/check": "check", "/v1/refresh": "refresh",
+    "/v1/health": "health", "/metrics": "metrics",
+}
+# Answers take tens of microseconds when cached; a re-probe (POST /v1/refresh) milliseconds.
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.0)
+
+
+def endpoint_of(request: Request | None) -> str:
+    """A bounded label value: a known endpoint, ``other`` for any other path, ``invalid``
+    for a request that could not be parsed."""
+    if request is None:
+        return "invalid"
+    return _ENDPOINT_OF_PATH.get(request.path, "other")
+
+
+class RequestMetrics:
+    """The daemon's own behaviour, instrumented directly in its registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "kvmppc_http_requests", "HTTP requests answered, by endpoint and status code",
+            ["endpoint", "code"], registry=registry)
+        self.latency = Histogram(
+            "kvmppc_http_request_duration_seconds",
+            "Time from a whole request received to its answer written",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        for endpoint in ENDPOINTS:
+            self.requests.labels(endpoint, "200")  # the usual series exist from the start
+
+    def observe(self, request: Request | None, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint_of(request), str(status)).inc()
+        if request is not None:
+            self.latency.observe(seconds)
+
+
+_fleet_memo: dict[int, tuple[object, dict[tuple[str, str], int]]] = {}
+
+
+def fleet_answer(result: ProbeResult) -> dict[tuple[str, str], int]:
+    """The largest ``cap-hpt-max-page-size`` this host can run, per KVM type and backing.
+
+    Keys are ``(kvm_type, backing)``: the default VM type and, on PowerPC, each other usable
+    one; backing ``anonymous`` (no mem-path: base pages) or a hugetlbfs mount.  The policy
+    answers it (``advice.largest_max_page_size`` of a check, 0 when none works).  It depends
+    on the KVM part and the mount table only, so it is computed once per probe and mounts.
+    """
+    key = (result.host, result.kvm, result.hugepages.mounts)
+    memo = _fleet_memo.get(id(result.kvm))
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    kvm_types = ["default"]
+    if result.kvm.powerpc:
+        kvm_types += [vm.name for vm in result.kvm.usable_vm_types if vm.name != "default"]
+    backings = [("anonymous", ())] + [(m.path, (m.path,)) for m in result.hugepages.mounts]
+    answer: dict[tuple[str, str], int] = {}
+    for kvm_type in kvm_types:
+        for label, mem_paths in backings:
+            request = CheckRequest(mem_paths=mem_paths,
+                                   kvm_type=None if kvm_type == "default" else kvm_type.upper())
+            largest = check(result, request).advice.get("largest_max_page_size")
+            answer[kvm_type, label] = largest["bytes"] if largest else 0
+    _fleet_memo.clear()
+    _fleet_memo[id(result.kvm)] = (key, answer)
+    return answer
+
+
+class KvmppcCollector:
+    """Families built from the cached probe at each scrape."""
+
+    def __init__(self, cache: ProbeCache, connections: Callable[[], int] = lambda: 0,
+                 refused: Callable[[], int] = lambda: 0) -> None:
+        self._cache = cache
+        self._connections = connections
+        self._refused = refused
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, no samples: registering must not probe or read anything.
+        return list(self._families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        if self._cache.result is None:
+            return []
+        families = self._families()
+        self._fill(families, self._cache.answer())
+        return list(families.values())
+
+    @staticmethod
+    def _families() -> dict[str, Metric]:
+        g, c = GaugeMetricFamily, CounterMetricFamily
+        families: list[Metric] = [
+            g("kvmppc_host_info", "The probed host; the value is 1",
+              labels=["arch", "kernel_release", "cpu_model", "platform", "mmu", "source"]),
+            g("kvmppc_probe_success", "Whether the last probe succeeded (device opened, host"
+              " read)"),
+            g("kvmppc_probe_stale", "1 when the last probe failed and an older answer is served"),
+            g("kvmppc_probe_timestamp_seconds", "When the answer being served was probed"),
+            g("kvmppc_probe_duration_seconds", "How long the last probe took"),
+            c("kvmppc_probes", "Probes taken (start, interval, refresh, SIGHUP, device change)"),
+            c("kvmppc_probe_failures", "Probes that failed"),
+            g("kvmppc_kvm_present", "Whether the KVM device exists"),
+            g("kvmppc_kvm_powerpc", "Whether KVM is PowerPC (else pseries guests run under TCG)"),
+            g("kvmppc_vm_type_available", "Whether KVM_CREATE_VM of this type succeeds",
+              labels=["vm_type"]),
+            g("kvmppc_vm_type_needs_host_contiguous_pages",
+              "KVM_PPC_PAGE_SIZES_REAL: guest pages must be backed by host pages at least as"
+              " large", labels=["vm_type"]),
+            g("kvmppc_vm_type_slb_entries", "SLB size from KVM_PPC_GET_SMMU_INFO",
+              labels=["vm_type"]),
+            g("kvmppc_vm_type_hpt_page_size_info",
+              "A (segment base page, actual page) size pair KVM_PPC_GET_SMMU_INFO supports, as"
+              " page shifts; the value is 1",
+              labels=["vm_type", "segment_page_shift", "page_shift"]),
+            g("kvmppc_base_page_size_bytes", "The host's base page size (getpagesize)"),
+            g("kvmppc_hugepages_pages", "Hugepage pool size (nr_hugepages)",
+              labels=["page_size"]),
+            g("kvmppc_hugepages_free_pages", "Free hugepages in the pool", labels=["page_size"]),
+            g("kvmppc_hugepages_reserved_pages", "Hugepages reserved for mappings not yet"
+              " faulted in", labels=["page_size"]),
+            g("kvmppc_hugepages_surplus_pages", "Hugepages above nr_hugepages (overcommit)",
+              labels=["page_size"]),
+            g("kvmppc_hugetlbfs_mount_page_size_bytes",
+              "A hugetlbfs mount and the page size QEMU reads through statfs",
+              labels=["path"]),
+            g("kvmppc_hpt_max_page_size_bytes",
+              "The largest cap-hpt-max-page-size a pseries guest can start with, per KVM type"
+              " and memory backing (0: none)", labels=["kvm_type", "backing"]),
+            g("kvmppc_http_connections", "Open client connections"),
+            c("kvmppc_http_connections_refused", "Connections turned away at the limit"),
+        ]
+        return {family.name: family for family in families}
+
+    def _fill(self, families: dict[str, Metric], result: ProbeResult) -> None:
+        cache = self._cache
+
+        def gauge(name: str, value: float, labels: Iterable[str] = ()) -> None:
+            family = families[name]
+            assert isinstance(family, GaugeMetricFamily)
+            family.add_metric(list(labels), value)
+
+        def counter(name: str, value: float) -> None:
+            family = families[name]
+            assert isinstance(family, CounterMetricFamily)
+            family.add_metric([], value)
+
+        host, kvm = result.host, result.kvm
+        gauge("kvmppc_host_info", 1, [host.arch, host.kernel_release or "",
+                                      host.cpu_model or "", host.platform or "",
+                                      host.mmu or "", result.source])
+        last = cache.last
+        gauge("kvmppc_probe_success", float(last is not None and last.failure is None))
+        gauge("kvmppc_probe_stale", float(cache.stale))
+        gauge("kvmppc_probe_timestamp_seconds", result.probed_at)
+        gauge("kvmppc_probe_duration_seconds", last.duration_s if last else result.duration_s)
+        counter("kvmppc_probes", cache.attempts)
+        counter("kvmppc_probe_failures", cache.failures)
+        gauge("kvmppc_kvm_present", float(kvm.present))
+        gauge("kvmppc_kvm_powerpc", float(kvm.powerpc))
+        for vm in kvm.vm_types.values():
+            gauge("kvmppc_vm_type_available", float(vm.available), [vm.name])
+            if vm.smmu is None:
+                continue
+            gauge("kvmppc_vm_type_needs_host_contiguous_pages",
+                  float(vm.smmu.page_sizes_real), [vm.name])
+            gauge("kvmppc_vm_type_slb_entries", vm.smmu.slb_size, [vm.name])
+            for segment in vm.smmu.segments:
+                for page in segment.pages:
+                    gauge("kvmppc_vm_type_hpt_page_size_info", 1,
+                          [vm.name, str(segment.page_shift), str(page.page_shift)])
+        gauge("kvmppc_base_page_size_bytes", host.base_page_size)
+        for pool in result.hugepages.pools:
+            page_size = [str(pool.page_size)]
+            gauge("kvmppc_hugepages_pages", pool.total, page_size)
+            gauge("kvmppc_hugepages_free_pages", pool.free, page_size)
+            gauge("kvmppc_hugepages_reserved_pages", pool.reserved, page_size)
+            gauge("kvmppc_hugepages_surplus_pages", pool.surplus, page_size)
+        for mount in result.hugepages.mounts:
+            gauge("kvmppc_hugetlbfs_mount_page_size_bytes", mount.page_size, [mount.path])
+        for (kvm_type, backing), size in fleet_answer(result).items():
+            gauge("kvmppc_hpt_max_page_size_bytes", size, [kvm_type, backing])
+        gauge("kvmppc_http_connections", self._connections())
+        counter("kvmppc_http_connections_refused", self._refused())
+
