@@ -1,0 +1,158 @@
+"""``kvmppc pagesizes`` and ``kvmppc check``: the policy's two commands.
+
+The main CLI (kvmppc/cli.py) calls :func:`register` with its subparsers.  Each command's
+``func`` takes the parsed arguments and returns the exit status: 0 yes (or printed), 1 QEMU
+would not start the guest, 2 bad arguments.  I/O lives here, not in :mod:`kvmppc.policy`: the
+live probe, and statfs of each ``--mem-path`` the way QEMU's ``qemu_mempath_getpagesize``
+does it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from kvmppc import _kvm  # the one door to the kernel: statfs for --mem-path
+from kvmppc import probe as probe_module
+from kvmppc.errors import ProfileError, UsageError
+from kvmppc.policy import Backing, CheckRequest, check, pagesizes
+from kvmppc.probe import ProbeResult
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+
+
+def register(subparsers: Any) -> None:
+    """Add ``pagesizes`` and ``check`` to an ``argparse`` subparsers object."""
+    sizes = subparsers.add_parser(
+        "pagesizes",
+        help="the hash page sizes a pseries guest will see (ibm,segment-page-sizes)",
+        description="Show the page-size table QEMU 7.2 gives a pseries guest: the CPU model's"
+        " hash-MMU table filtered by cap-hpt-max-page-size, as the device-tree cells.",
+    )
+    sizes.add_argument("--cpu", metavar="MODEL",
+                       help="QEMU -cpu model (default: the machine type's own)")
+    sizes.add_argument("--machine", metavar="TYPE", default="pseries",
+                       help="pseries machine type (default: pseries, i.e. pseries-7.2)")
+    sizes.add_argument("--max-page-size", metavar="SIZE",
+                       help="cap-hpt-max-page-size, in QEMU's size syntax (default: the"
+                       " machine's)")
+    sizes.add_argument("--json", action="store_true", help="print JSON")
+    sizes.set_defaults(func=cmd_pagesizes)
+
+    chk = subparsers.add_parser(
+        "check",
+        help="would QEMU start this pseries guest on this host? (exit 0 yes, 1 no)",
+        description="Replay QEMU 7.2's start-up decisions about cap-hpt-max-page-size on this"
+        " host (or a saved host profile): its errors and warnings word for word, the guest's"
+        " page sizes, and what to change.  Exit 0: QEMU starts; 1: it does not; 2: bad"
+        " arguments.",
+    )
+    chk.add_argument("--max-page-size", metavar="SIZE",
+                     help="cap-hpt-max-page-size, in QEMU's size syntax (default: the"
+                     " machine's)")
+    chk.add_argument("--cpu", metavar="MODEL",
+                     help="QEMU -cpu model (default: the machine type's own)")
+    chk.add_argument("--machine", metavar="TYPE", default="pseries",
+                     help="pseries machine type (default: pseries)")
+    chk.add_argument("--mem-path", metavar="PATH", action="append", default=[],
+                     help="mem-path of a RAM backend (repeatable; default: anonymous RAM)")
+    chk.add_argument("--memory", metavar="SIZE", help="-m value (default: 512 MiB)")
+    chk.add_argument("--accel", choices=("kvm", "tcg"),
+                     help="default: kvm when this host has a usable PowerPC KVM, else tcg")
+    chk.add_argument("--kvm-type", metavar="HV|PR",
+                     help="KVM implementation (default: the kernel's default VM type)")
+    chk.add_argument("--host-profile", metavar="FILE",
+                     help="a saved probe ('kvmppc probe --json') or a shipped profile name,"
+                     " instead of probing this host")
+    chk.add_argument("--json", action="store_true", help="print JSON")
+    chk.set_defaults(func=cmd_check)
+
+
+def _fail_usage(message: str) -> int:
+    print(f"kvmppc: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_pagesizes(args: argparse.Namespace) -> int:
+    try:
+        result = pagesizes(args.cpu, args.machine, args.max_page_size)
+    except UsageError as exc:
+        return _fail_usage(str(exc))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.render())
+    return EXIT_OK
+
+
+def live_backing(
+    probe: ProbeResult,
+    mem_path: str,
+    statfs: Callable[[str], tuple[int, int]] = _kvm.statfs_type_and_block_size,
+    hugetlbfs_magic: int = _kvm.HUGETLBFS_MAGIC,
+) -> Backing:
+    """``qemu_mempath_getpagesize(mem_path)`` on this host: statfs ``f_bsize`` on hugetlbfs,
+    else the base page size.  QEMU exits with "Couldn't statfs() memory path" when statfs
+    fails; that becomes the backing's error."""
+    path = os.path.abspath(mem_path)
+    try:
+        f_type, f_bsize = statfs(path)
+    except OSError as exc:
+        return Backing(
+            path, probe.host.base_page_size, "statfs",
+            error=f"Couldn't statfs() memory path: {os.strerror(exc.errno or 0)}",
+        )
+    if f_type == hugetlbfs_magic:
+        return Backing(path, f_bsize, "statfs", path)
+    return Backing(path, probe.host.base_page_size, "statfs")
+
+
+def _load_probe(host_profile: str | None) -> ProbeResult:
+    if host_profile:
+        return probe_module.load_profile(host_profile)
+    return probe_module.probe()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    params: dict[str, str | list[str]] = {"machine": args.machine}
+    for key, value in (("max_page_size", args.max_page_size), ("cpu", args.cpu),
+                       ("memory", args.memory), ("accel", args.accel),
+                       ("kvm_type", args.kvm_type)):
+        if value is not None:
+            params[key] = value
+    live = not args.host_profile
+    mem_paths = [os.path.abspath(p) if live else p for p in args.mem_path]
+    if mem_paths:
+        params["mem_path"] = mem_paths
+    try:
+        request = CheckRequest.from_params(params)
+        probe = _load_probe(args.host_profile)
+        backings = [live_backing(probe, p) for p in mem_paths] if live and mem_paths else None
+        result = check(probe, request, backings)
+    except (UsageError, ProfileError) as exc:
+        return _fail_usage(str(exc))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.render())
+    return EXIT_OK if result.ok else EXIT_NO
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A stand-alone entry for these two commands (``python -m kvmppc.cli_policy``)."""
+    parser = argparse.ArgumentParser(prog="kvmppc")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
