@@ -13,6 +13,10 @@ packages=(
     qemu-system-ppc gcc-powerpc64le-linux-gnu cpio gzip xz-utils zstd
     # tests/powerguest/build-pr-kernel.sh: build the KVM-PR capable kernel from linux-source-6.1.
     make flex bison bc libssl-dev libelf-dev
+    # The daemon's tests: systemd-socket-activate and systemd-analyze (systemd), a real
+    # Prometheus server and promtool (prometheus), curl --unix-socket as a client, setpriv
+    # (util-linux) to run it without capabilities.
+    systemd prometheus curl util-linux
 )
 
 # The guest harness fetches Debian's ppc64el packages (kernel, busybox, python3.11) with
