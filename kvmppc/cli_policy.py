@@ -142,17 +142,3 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(result.render())
     return EXIT_OK if result.ok else EXIT_NO
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A stand-alone entry for these two commands (``python -m kvmppc.cli_policy``)."""
-    parser = argparse.ArgumentParser(prog="kvmppc")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

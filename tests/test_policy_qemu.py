@@ -32,6 +32,7 @@ from kvmppc.policy import CheckRequest, check
 from kvmppc.policy._qemu72_cpus import NON_SPAPR_NAMES, NON_SPAPR_PVRS
 from kvmppc.policy.models import MACHINE_TYPES, SPAPR_CPU_ALIASES, SPAPR_CPU_MODELS
 from kvmppc.probe import load_profile
+from kvmppc.probe import probe as live_probe
 
 QEMU = shutil.which("qemu-system-ppc64")
 pytestmark = [
@@ -241,8 +242,6 @@ def test_grid_size() -> None:
 
 def test_accel_kvm_on_this_host_matches_qemu() -> None:
     """On a non-POWER host QEMU has no KVM accelerator for ppc64, and kvmppc says so."""
-    from kvmppc.probe import probe as live_probe
-
     assert QEMU is not None
     live = live_probe()
     if live.host.is_powerpc:

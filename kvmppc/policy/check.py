@@ -424,7 +424,12 @@ def _advice_to_dict(advice: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _usable_powerpc_kvm(probe: ProbeResult) -> bool:
-    return probe.host.is_powerpc and probe.kvm.present and bool(probe.kvm.usable_vm_types)
+    """A PowerPC KVM where some VM type can be created (libvirt would pick KVM there)."""
+    return (
+        probe.host.is_powerpc
+        and probe.kvm.present
+        and any(vm.available for vm in probe.kvm.vm_types.values())
+    )
 
 
 @dataclass
