@@ -330,8 +330,11 @@ def test_guessed_smmu_is_refused_by_qemu_7_2() -> None:
 
 def test_smmu_ioctl_failure() -> None:
     """§5.2: 4.11-4.14 kernels on radix POWER9 fail the ioctl with EINVAL."""
-    probe = host(hv=vm_type("hv", smmu=None, is_pr=False, smmu_error="Invalid argument"))
-    assert errors(probe)[0].startswith("KVM failed to provide the MMU features it supports")
+    probe = host(hv=vm_type("hv", smmu=None, is_pr=False,
+                            smmu_error="KVM_PPC_GET_SMMU_INFO on /dev/kvm (VM type 0): Invalid"
+                            " argument. This is not a PowerPC KVM (or ...)"))
+    assert errors(probe) == ["KVM failed to provide the MMU features it supports: Invalid"
+                             " argument"]
 
 
 # --- TCG and accelerator choice ---------------------------------------------------------------

@@ -24,6 +24,7 @@ support 64 kiB guest pages with 4 kiB host pages".
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -483,7 +484,7 @@ def _kvm_context(probe: ProbeResult, kvm_type: str | None, state: _State) -> _Kv
         state.notes.append("load kvm_hv (or kvm_pr): 'modprobe kvm_hv'")
         return None
     if probe.kvm.error and not probe.kvm.vm_types:
-        state.error("accel", f"Could not access KVM kernel module ({probe.kvm.error})")
+        state.error("accel", f"Could not access KVM kernel module: {_strerror(probe.kvm.error)}")
         return None
     name = _VM_TYPE_BY_KVM_TYPE[kvm_type]
     vm = probe.vm_type(name)
@@ -499,11 +500,17 @@ def _kvm_context(probe: ProbeResult, kvm_type: str | None, state: _State) -> _Kv
         # target/ppc/kvm.c kvm_get_smmu_info (QEMU 3.1 and later): no fallback any more.
         smmu, smmu_error = None, "KVM doesn't expose the MMU features it supports"
     elif smmu is None:
-        smmu_error = (
-            "KVM failed to provide the MMU features it supports"
-            + (f" ({vm.smmu_error})" if vm.smmu_error else "")
-        )
+        smmu_error = "KVM failed to provide the MMU features it supports"
+        if vm.smmu_error:
+            smmu_error += f": {_strerror(vm.smmu_error)}"
     return _Kvm(vm, smmu, smmu_error)
+
+
+def _strerror(probe_error: str) -> str:
+    """The strerror() inside a probe error ("OP on PATH: strerror. hint"), as QEMU prints it
+    after its own message (``error_setg_errno``)."""
+    match = re.search(r": (.+?)(?:\. |\.?$)", probe_error)
+    return match.group(1) if match else probe_error
 
 
 def _smmu_for_guest(kvm: _Kvm, cpu: CpuModel) -> SmmuInfo | None:
