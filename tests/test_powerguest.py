@@ -3,7 +3,7 @@
 Each guest configuration boots once per session and runs the whole battery
 (tests/powerguest/battery.py); the tests below assert on what each command printed there.
 Nested KVM-HV runs on Debian's own ppc64el kernel with POWER9 and POWER10; KVM-PR needs the
-kernel tests/powerguest/build-pr-kernel.sh builds (opt-in: about 14 min) and skips without it.
+kernel tests/powerguest/build-pr-kernel.sh builds (opt-in: about 7 min) and skips without it.
 Expected answers: ../shared/reference/kvm-ppc-facts.md §5 and what these kernels answered.
 """
 
@@ -66,22 +66,12 @@ PR_SMMU = {
 HV_CONFIGS = [name for name, config in CONFIGS.items() if config.kind == "hv"]
 PR_CONFIGS = [name for name, config in CONFIGS.items() if config.kind == "pr"]
 
-_runs: dict[str, GuestRun | BaseException] = {}
-
-
 def boot(name: str) -> GuestRun:
     """The session's one boot of ``name``: skip if a prerequisite is missing, fail if broken."""
-    if name not in _runs:
-        try:
-            _runs[name] = harness.run_in_guest(name)
-        except harness.MissingPrerequisiteError as exc:
-            _runs[name] = exc
-        except harness.HarnessError as exc:
-            _runs[name] = exc
-    outcome = _runs[name]
+    outcome = harness.session_run(name)
     if isinstance(outcome, harness.MissingPrerequisiteError):
         pytest.skip(f"{name}: {outcome}")
-    if isinstance(outcome, BaseException):
+    if isinstance(outcome, harness.HarnessError):
         pytest.fail(f"{name}: {outcome}")
     return outcome
 

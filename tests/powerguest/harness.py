@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib.metadata
@@ -146,37 +147,51 @@ def check_host_tools() -> None:
 _APT = ("-o", "APT::Sandbox::User=root")  # downloads into the cache as root, quietly
 
 
-def fetch_deb(package: str, arch: str = ARCH) -> Path:
-    """The .deb of ``package`` that apt would install now, downloaded into the cache once.
+@functools.cache
+def fetch_debs(packages: tuple[str, ...], arch: str = ARCH) -> dict[str, Path]:
+    """The .deb of each package that apt would install now, downloaded into the cache once.
 
     Debian puts the version in the file name, so a new version is a new file. Without the
-    package lists (offline), the newest cached file of that package is used.
+    package lists (offline), the newest cached file of each package is used. Resolved once
+    per process, so one test session uses one set of packages.
     """
     debs = cache_dir() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    spec = f"{package}:{arch}" if arch != "all" else package
+    specs = [f"{package}:{arch}" for package in packages]
     try:
-        uris = _run(["apt-get", *_APT, "download", "--print-uris", spec]).stdout
+        uris = _run(["apt-get", *_APT, "download", "--print-uris", *specs]).stdout
     except MissingPrerequisiteError:
         raise
     except HarnessError as exc:
-        cached = sorted(debs.glob(f"{package}_*_{arch}.deb"), key=lambda p: p.stat().st_mtime)
-        if cached:
-            progress(f"apt cannot resolve {spec}; using cached {cached[-1].name}")
-            return cached[-1]
+        return {package: _cached_deb(package, arch, exc) for package in packages}
+    # One line per package: 'URI' FILENAME SIZE HASH; the file name starts with the package.
+    filenames = [line.split()[1] for line in uris.splitlines() if line.startswith("'")]
+    found: dict[str, Path] = {}
+    for package in packages:
+        (filename,) = [name for name in filenames if name.startswith(f"{package}_")]
+        path = debs / filename
+        if not path.exists():
+            progress(f"downloading {filename}")
+            with tempfile.TemporaryDirectory(dir=debs) as scratch:
+                _run(["apt-get", *_APT, "-q", "download", f"{package}:{arch}"], cwd=scratch)
+                (Path(scratch) / filename).rename(path)
+        found[package] = path
+    return found
+
+
+def _cached_deb(package: str, arch: str, why: HarnessError) -> Path:
+    cached = sorted((cache_dir() / "debs").glob(f"{package}_*_{arch}.deb"),
+                    key=lambda path: path.stat().st_mtime)
+    if not cached:
         raise MissingPrerequisiteError(
-            f"cannot fetch {spec}: {exc} (is the {arch} architecture added and apt-get"
-            " update run? scripts/setup-system.sh does both)"
-        ) from exc
-    line = uris.strip().splitlines()[-1]
-    filename = line.split()[1]
-    path = debs / filename
-    if not path.exists():
-        progress(f"downloading {filename}")
-        with tempfile.TemporaryDirectory(dir=debs) as scratch:
-            _run(["apt-get", *_APT, "-q", "download", spec], cwd=scratch)
-            (Path(scratch) / filename).rename(path)
-    return path
+            f"cannot fetch {package}:{arch}: {why} (is the {arch} architecture added and"
+            " apt-get update run? scripts/setup-system.sh does both)")
+    progress(f"apt cannot resolve {package}:{arch}; using cached {cached[-1].name}")
+    return cached[-1]
+
+
+def fetch_deb(package: str, arch: str = ARCH) -> Path:
+    return fetch_debs((package,), arch)[package]
 
 
 def unpack_deb(deb: Path, into: Path) -> None:
@@ -229,8 +244,14 @@ def debian_kernel() -> Kernel:
 
 
 def pr_kernel_dir_pattern() -> str:
-    """build-pr-kernel.sh's output directory for its current text, any source version."""
-    script_hash = hashlib.sha256(PR_KERNEL_SCRIPT.read_bytes()).hexdigest()[:12]
+    """build-pr-kernel.sh's output directory for its current text, any source version.
+
+    The hash leaves out comment lines, as the script does, so editing its comments does not
+    cost a kernel build.
+    """
+    lines = PR_KERNEL_SCRIPT.read_bytes().splitlines(keepends=True)
+    code = b"".join(line for line in lines if not line.lstrip(b" ").startswith(b"#"))
+    script_hash = hashlib.sha256(code).hexdigest()[:12]
     return f"*-{script_hash}"
 
 
@@ -241,7 +262,7 @@ def pr_kernel() -> Kernel:
     if not built:
         raise MissingPrerequisiteError(
             "no KVM-PR kernel built for this version of tests/powerguest/build-pr-kernel.sh"
-            f" in {cache_dir() / 'pr-kernel'}: run that script (about 14 min on 2 cores)"
+            f" in {cache_dir() / 'pr-kernel'}: run that script (about 7 min on 2 cores)"
         )
     root = built[-1]
     modules = {path.stem: path for path in (root / "modules").glob("*.ko")}
@@ -360,7 +381,7 @@ def write_cpio_gz(path: Path, fill: Any) -> None:
 
 
 def _project_files() -> list[Path]:
-    """The project's files that go into (or decide) the guest image."""
+    """The project's files that go into (or decide) the guest's project layer."""
     files = [REPO / name for name in ("pyproject.toml", "setup.py") if (REPO / name).exists()]
     for top in (REPO / "kvmppc", HERE):
         for path in sorted(top.rglob("*")):
@@ -425,67 +446,84 @@ def _cffi_builders() -> list[tuple[Path, str]]:
         (REPO / "kvmppc/_ioctl_build.py", "ffibuilder")]
 
 
-def image_inputs() -> dict[str, str]:
-    """Everything the image depends on, name -> version or content hash."""
-    inputs = {f"deb:{name}": fetch_deb(name).name for name in GUEST_PACKAGES + BUILD_PACKAGES}
+def _cached_image(kind: str, inputs: dict[str, str], build: Any) -> Path:
+    """images/<kind>-<hash of inputs>.cpio.gz, made by ``build(root: Path)`` when absent."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    images = cache_dir() / "images"
+    image = images / f"{kind}-{key}.cpio.gz"
+    if image.exists():
+        return image
+    images.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    progress(f"building the guest's {kind} layer {image.name}")
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
+        root = Path(scratch) / "root"
+        root.mkdir()
+        build(root, Path(scratch))
+        write_cpio_gz(image, lambda cpio: cpio.tree(root))
+    (images / f"{kind}-{key}.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
+    # Old layers go after a day; not at once, as another test session may be booting one.
+    for old in images.glob(f"{kind}-*"):
+        if not old.name.startswith(f"{kind}-{key}") and time.time() - old.stat().st_mtime > 86400:
+            old.unlink()
+    progress(f"{kind} layer built in {time.monotonic() - started:.0f} s:"
+             f" {image.stat().st_size / 1e6:.1f} MB")
+    return image
+
+
+@functools.cache
+def python_layer() -> Path:
+    """busybox and Debian's python3.11 with python3-cffi-backend: changes with Debian."""
+    debs = fetch_debs(GUEST_PACKAGES)
+    inputs = {f"deb:{name}": path.name for name, path in debs.items()}
+    inputs["host-python"] = "{}.{}".format(*sys.version_info[:2])  # the .pyc magic number
+
+    def build(root: Path, _scratch: Path) -> None:
+        for deb in debs.values():
+            progress(f"unpacking {deb.name}")
+            unpack_deb(deb, root)
+        for trim in PYTHON_TRIM:
+            shutil.rmtree(root / trim, ignore_errors=True)
+        (root / "usr/bin/python3").symlink_to("python3.11")
+        _precompile(root, root / "usr/lib/python3.11", root / "usr/lib/python3")
+
+    return _cached_image("python", inputs, build)
+
+
+@functools.cache
+def project_layer() -> Path:
+    """/init, kvmppc (extension cross-compiled), its pure-Python dependencies, guest/."""
+    check_host_tools()
+    headers_debs = fetch_debs(BUILD_PACKAGES)
+    inputs = {f"deb:{name}": path.name for name, path in headers_debs.items()}
     for name in guest_dependencies():
         inputs[f"dist:{name}"] = _host_distribution_files(name)[0]
-    inputs["host-python"] = "{}.{}".format(*sys.version_info[:2])  # the .pyc files' magic number
+    inputs["host-python"] = "{}.{}".format(*sys.version_info[:2])
     inputs["cross-gcc"] = _run([CROSS_GCC, "-dumpfullversion"]).stdout.strip()
     digest = hashlib.sha256()
     for path in _project_files():
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
     inputs["project"] = digest.hexdigest()
-    return inputs
+
+    def build(root: Path, scratch: Path) -> None:
+        headers = scratch / "headers"
+        for deb in headers_debs.values():
+            unpack_deb(deb, headers)
+        _install_project(root, headers)
+
+    return _cached_image("project", inputs, build)
 
 
-def build_image() -> Path:
-    """The guest's base initramfs (kernel-independent), built once per set of inputs."""
-    check_host_tools()
-    inputs = image_inputs()
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    images = cache_dir() / "images"
-    image = images / f"base-{key}.cpio.gz"
-    if image.exists():
-        return image
-    images.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    progress(f"building guest image {image.name}")
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:
-        root = Path(scratch) / "root"
-        headers = Path(scratch) / "headers"
-        _assemble_root(root, headers)
-        progress("writing the initramfs")
-        write_cpio_gz(image, lambda cpio: _fill_base(cpio, root))
-    (images / f"base-{key}.json").write_text(json.dumps(inputs, indent=1, sort_keys=True))
-    for old in images.glob("base-*"):  # one image at a time is enough
-        if not old.name.startswith(f"base-{key}"):
-            old.unlink()
-    progress(f"guest image built in {time.monotonic() - started:.0f} s:"
-             f" {image.stat().st_size / 1e6:.1f} MB")
-    return image
+def guest_layers() -> list[Path]:
+    """The guest's initramfs layers, kernel-independent, in the order they are unpacked."""
+    return [python_layer(), project_layer()]
 
 
-def _fill_base(cpio: CpioWriter, root: Path) -> None:
-    cpio.directory("dev")
-    cpio.char_device("dev/console", 5, 1)  # the kernel opens it before /init mounts devtmpfs
-    cpio.tree(root)
-
-
-def _assemble_root(root: Path, headers: Path) -> None:
-    for name in GUEST_PACKAGES:
-        progress(f"unpacking {name}")
-        unpack_deb(fetch_deb(name), root)
-    for name in BUILD_PACKAGES:
-        unpack_deb(fetch_deb(name), headers)
-    for trim in PYTHON_TRIM:
-        shutil.rmtree(root / trim, ignore_errors=True)
-    for directory in ("proc", "sys", "tmp", "root", "etc/kvmppc-guest", "lib/modules"):
+def _install_project(root: Path, headers: Path) -> None:
+    for directory in ("dev", "proc", "sys", "tmp", "root", "etc/kvmppc-guest", "usr/bin"):
         (root / directory).mkdir(parents=True, exist_ok=True)
-    (root / "usr/bin/python3").symlink_to("python3.11")
     shutil.copy(HERE / "init.sh", root / "init")
     (root / "init").chmod(0o755)
-
     site = root / "usr/lib/python3/dist-packages"  # on Debian python's sys.path
     shutil.copytree(REPO / "kvmppc", site / "kvmppc",
                     ignore=lambda _d, names: [n for n in names if _is_build_output(Path(n))])
@@ -503,13 +541,18 @@ def _assemble_root(root: Path, headers: Path) -> None:
                     ignore=lambda _d, names: [n for n in names if _is_build_output(Path(n))])
     for builder, variable in _cffi_builders():
         cross_compile_extension(builder, variable, site, headers)
-    if sys.version_info[:2] == (3, 11):
-        # Precompiled, so the guest does not compile every import at every boot under TCG.
-        # Same magic number for every 3.11; unchecked hashes because mtimes are 0 in the cpio.
-        progress("precompiling the guest's Python files")
-        _run([sys.executable, "-m", "compileall", "-q", "-j0", "--invalidation-mode",
-              "unchecked-hash", "-s", str(root), "-p", "/",
-              str(root / "usr/lib/python3.11"), str(site), str(root / "opt/kvmppc-guest")])
+    _precompile(root, site, root / "opt/kvmppc-guest")
+
+
+def _precompile(root: Path, *directories: Path) -> None:
+    """Byte-compile, so the guest does not compile every import at every boot under TCG.
+
+    Every 3.11 has the same magic number; unchecked hashes because the cpio's mtimes are 0.
+    """
+    if sys.version_info[:2] != (3, 11):
+        return  # another magic number: the guest would ignore the files
+    _run([sys.executable, "-m", "compileall", "-q", "-j0", "--invalidation-mode",
+          "unchecked-hash", "-s", str(root), "-p", "/", *map(str, directories)])
 
 
 def cross_compile_extension(builder: Path, variable: str, site: Path, headers: Path) -> Path:
@@ -583,6 +626,9 @@ class GuestRun:
 
 def _run_overlay(cpio: CpioWriter, *, marker: str, config: GuestConfig, kernel: Kernel,
                  commands: Sequence[GuestCommand], shell_after: bool) -> None:
+    cpio.directory("dev")
+    # The kernel opens it for /init's stdio before /init can mount devtmpfs.
+    cpio.char_device("dev/console", 5, 1)
     cpio.directory("etc")
     cpio.directory("etc/kvmppc-guest")
     cpio.directory("etc/kvmppc-guest/commands")
@@ -641,7 +687,7 @@ def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | N
         commands = commands_for(config.kind)
     check_host_tools()
     kernel = kernel_named(config.kernel)
-    base = build_image()
+    layers = guest_layers()
     marker = f"@@kvmppc-{secrets.token_hex(6)}@@"
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -652,10 +698,11 @@ def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | N
             cpio, marker=marker, config=config, kernel=kernel, commands=commands,
             shell_after=shell_after))
         # The kernel unpacks concatenated archives one after another (Documentation/
-        # driver-api/early-userspace/buffer-format.rst), so the big base image is reused.
+        # driver-api/early-userspace/buffer-format.rst), so the cached layers are reused as
+        # they are.
         initrd = Path(scratch) / "initrd.cpio.gz"
         with open(initrd, "wb") as out:
-            for part in (base, overlay):
+            for part in (*layers, overlay):
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out)
         argv = [QEMU, "-M", config.machine, "-cpu", config.cpu, "-m", config.memory,
@@ -671,6 +718,18 @@ def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | N
     progress(f"{config.name}: {len(results)} results in {seconds:.1f} s"
              + (" (TIMED OUT, QEMU killed)" if timed_out else ""))
     return GuestRun(config, kernel.release, results, done, timed_out, seconds, log, console)
+
+
+@functools.cache
+def session_run(name: str) -> GuestRun | HarnessError:
+    """One boot of config ``name`` with its battery per process, or why there is none.
+
+    Test modules share it through this module, so the suite boots each config once.
+    """
+    try:
+        return run_in_guest(name)
+    except HarnessError as exc:
+        return exc
 
 
 def _boot(argv: list[str], log: Path, timeout: float, echo: bool,
@@ -776,11 +835,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--echo", action="store_true", help="copy the console to stderr")
     p = sub.add_parser("capture-profiles", help="rewrite kvmppc/profiles from real kernels")
     p.add_argument("configs", nargs="*", metavar="CONFIG", help=", ".join(sorted(CONFIGS)))
-    sub.add_parser("build-pr-kernel", help="run build-pr-kernel.sh (about 14 min)")
+    sub.add_parser("build-pr-kernel", help="run build-pr-kernel.sh (about 7 min)")
     args = parser.parse_args(argv)
     try:
         if args.action == "build":
-            print(build_image())
+            for layer in guest_layers():
+                print(layer)
             print(debian_kernel().vmlinux)
             try:
                 print(pr_kernel().vmlinux)
