@@ -130,8 +130,7 @@ def bind_unix(path: str, mode: int, group: str) -> socket.socket:
         try:
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
         except KeyError:
-            log.warning("no group %r: %s keeps this process's group; clients need its"
-                        " permissions (mode %#o)", group, path, mode)
+            log.info("no group %r here: %s keeps this process's group", group, path)
         except PermissionError:
             log.warning("cannot give %s to group %r (not root, not a member): clients need"
                         " this process's group", path, group)

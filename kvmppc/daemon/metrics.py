@@ -49,11 +49,17 @@ class RequestMetrics:
             "kvmppc_http_request_duration_seconds",
             "Time from a whole request received to its answer written",
             buckets=_LATENCY_BUCKETS, registry=registry)
-        for endpoint in ENDPOINTS:
-            self.requests.labels(endpoint, "200")  # the usual series exist from the start
+        # The usual series exist from the start; children are kept to skip labels() per
+        # request (a lock and a tuple of strings each time).
+        self._children = {(endpoint, 200): self.requests.labels(endpoint, "200")
+                          for endpoint in ENDPOINTS}
 
     def observe(self, request: Request | None, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint_of(request), str(status)).inc()
+        key = (endpoint_of(request), status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(key[0], str(status))
+        child.inc()
         if request is not None:
             self.latency.observe(seconds)
 
