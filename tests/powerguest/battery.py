@@ -33,6 +33,21 @@ BATTERY: tuple[GuestCommand, ...] = (
     ),
     GuestCommand("probe-json", "python3 -m kvmppc probe --json"),
     GuestCommand("fd-leak", "python3 /opt/kvmppc-guest/fd_leak.py 50", timeout=300),
+    # kvmppc serve on the guest's real KVM; tests/test_daemon_powerguest.py asserts on it.
+    GuestCommand("daemon", "python3 /opt/kvmppc-guest/daemon_answers.py", timeout=180),
+    # kvmppc check on the real kernel's answer (tests/test_policy_powerguest.py): the CLI
+    # once, then the policy over one live probe for the cases whose outcome is known.
+    GuestCommand("check-16m", "python3 -m kvmppc check --max-page-size 16M --json"),
+    GuestCommand(
+        "policy-checks",
+        "python3 -c 'import json; from kvmppc.probe import probe;"
+        " from kvmppc.policy import CheckRequest, check; p = probe();"
+        " cases = {\"default\": {}, \"4k\": {\"max_page_size\": \"4k\"},"
+        " \"16m\": {\"max_page_size\": \"16M\"}, \"16g\": {\"max_page_size\": \"16G\"},"
+        " \"power8\": {\"cpu\": \"power8\"}, \"970\": {\"cpu\": \"970\"}};"
+        " print(json.dumps({k: check(p, CheckRequest(**v)).to_dict()"
+        " for k, v in cases.items()}))'",
+    ),
 )
 
 

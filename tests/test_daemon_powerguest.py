@@ -1,0 +1,89 @@
+"""``kvmppc serve`` inside real POWER guests (tests/powerguest): the daemon on a real PowerPC
+KVM, asked through its socket by tests/powerguest/guest/daemon_answers.py in the same boot as
+the rest of the battery.  Its answers must be the guest's own probe and, for checks, what the
+policy says about that probe here on the host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kvmppc.policy import CheckRequest, check
+from kvmppc.probe import ProbeResult
+from tests.powerguest.harness import GuestRun
+from tests.test_powerguest import HV_CONFIGS, PR_CONFIGS, boot, comparable, ok
+
+pytestmark = pytest.mark.powerguest
+
+
+@pytest.fixture(scope="session", params=HV_CONFIGS + PR_CONFIGS)
+def guest(request: pytest.FixtureRequest) -> GuestRun:
+    return boot(request.param)
+
+
+@pytest.fixture(scope="session", params=HV_CONFIGS)
+def hv_guest(request: pytest.FixtureRequest) -> GuestRun:
+    return boot(request.param)
+
+
+@pytest.fixture(scope="session", params=PR_CONFIGS)
+def pr_guest(request: pytest.FixtureRequest) -> GuestRun:
+    return boot(request.param)
+
+
+def answers(run: GuestRun) -> dict[str, Any]:
+    data: dict[str, Any] = ok(run, "daemon").json()
+    return data
+
+
+def test_daemon_notifies_serves_reloads_and_stops_in_the_guest(guest: GuestRun) -> None:
+    """READY=1 after the first probe, RELOADING=1/READY=1 around SIGHUP, STOPPING=1, exit 0."""
+    out = answers(guest)
+    firsts = [message[0] for message in out["notifications"]]
+    ready = firsts.index("READY=1")
+    assert firsts[ready:] == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], firsts
+    assert out["exit"] == 0, out["log"]
+    assert out["health"]["status"] == "ok", out["health"]  # a PowerPC KVM: nothing degraded
+    assert out["health"]["probe_failures"] == 0
+
+
+def test_daemon_host_answer_is_the_guest_probe(guest: GuestRun) -> None:
+    out = answers(guest)
+    direct = ok(guest, "probe-json").json()
+    assert comparable(out["host"]["probe"]) == comparable(direct)
+    assert out["host"]["cache"]["stale"] is False and out["host"]["cache"]["source"] == "live"
+
+
+def test_daemon_checks_are_the_policy_on_its_probe(guest: GuestRun) -> None:
+    """Each cached check equals the policy run here on the probe the daemon served."""
+    out = answers(guest)
+    probe = ProbeResult.from_dict(out["host"]["probe"])
+    for key, size in (("check_64k", "64k"), ("check_16m", "16M")):
+        answer = dict(out[key])
+        answer.pop("cache")
+        assert answer == check(probe, CheckRequest(max_page_size=size)).to_dict(), key
+        assert answer["accel"] == "kvm"
+
+
+def test_daemon_metrics_in_an_hv_guest(hv_guest: GuestRun) -> None:
+    """Nested KVM-HV: guest pages need host-contiguous backing, so on the guest's 64 KiB
+    pages without hugepages a 16M cap cannot start and the fleet answer is 64 KiB."""
+    out = answers(hv_guest)
+    metrics = out["metrics"]
+    assert "kvmppc_kvm_powerpc 1.0" in metrics
+    assert 'kvmppc_vm_type_needs_host_contiguous_pages{vm_type="hv"} 1.0' in metrics
+    assert ('kvmppc_hpt_max_page_size_bytes{backing="anonymous",kvm_type="default"} 65536.0'
+            in metrics)
+    assert out["check_64k"]["ok"] is True
+    assert out["check_16m"]["ok"] is False
+    assert out["check_16m"]["errors"][0] == (
+        "Can't support 16384 kiB guest pages with 64 kiB host pages with this KVM"
+        " implementation")
+
+
+def test_daemon_metrics_in_a_pr_guest(pr_guest: GuestRun) -> None:
+    """KVM-PR: no host-contiguous backing needed (PAGE_SIZES_REAL unset)."""
+    metrics = answers(pr_guest)["metrics"]
+    assert "kvmppc_kvm_powerpc 1.0" in metrics
+    assert 'kvmppc_vm_type_needs_host_contiguous_pages{vm_type="pr"} 0.0' in metrics
