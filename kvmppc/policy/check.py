@@ -924,7 +924,7 @@ def _advise(probe: ProbeResult, request: CheckRequest, result: CheckResult) -> d
     kinds = {p.kind for p in result.errors}
     if result.ok:
         suggestions.append(_suggest(
-            probe, result, "none needed: this configuration starts", request,
+            probe, result, "nothing to change; the same guest with its cap written out", request,
             hugepage=_hugepage_of(result),
         ))
     if kinds & {"backing", "kvm-mmu", "ci-pages", "below-4k"} and largest is not None:
@@ -1056,9 +1056,11 @@ def _render(result: CheckResult) -> str:
     largest = advice.get("largest_max_page_size")
     if largest:
         rec = advice.get("recommended_max_page_size") or {}
+        same = f" (same guest table as {rec['qemu']})" if rec.get("qemu") != largest["qemu"] else ""
+        limit = "" if result.needs_host_contiguous_pages else ", no host-contiguity limit"
         lines.append(
-            f"largest cap-hpt-max-page-size this RAM backing allows: {largest['qemu']}"
-            f" (same guest table as {rec.get('qemu')})"
+            f"largest cap-hpt-max-page-size this RAM backing allows: {largest['qemu']}{same}"
+            f"{limit}"
         )
     elif "largest_max_page_size" in advice:
         lines.append("no cap-hpt-max-page-size works with this RAM backing")
@@ -1068,7 +1070,7 @@ def _render(result: CheckResult) -> str:
         lines.append("add to -machine: " + ",".join(advice["machine_options"]))
     suggestions: list[Suggestion] = advice.get("suggestions", [])
     if suggestions:
-        lines.append("what to change:" if not result.ok else "to pin this configuration:")
+        lines.append("what to change:" if not result.ok else "as QEMU arguments / libvirt XML:")
     for suggestion in suggestions:
         if suggestion.ok:
             status = "starts" + (" (after the steps below)" if suggestion.extra_steps else "")
