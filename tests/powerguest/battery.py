@@ -33,6 +33,8 @@ BATTERY: tuple[GuestCommand, ...] = (
     ),
     GuestCommand("probe-json", "python3 -m kvmppc probe --json"),
     GuestCommand("fd-leak", "python3 /opt/kvmppc-guest/fd_leak.py 50", timeout=300),
+    # kvmppc serve on the guest's real KVM; tests/test_daemon_powerguest.py asserts on it.
+    GuestCommand("daemon", "python3 /opt/kvmppc-guest/daemon_answers.py", timeout=180),
     # kvmppc check on the real kernel's answer (tests/test_policy_powerguest.py): the CLI
     # once, then the policy over one live probe for the cases whose outcome is known.
     GuestCommand("check-16m", "python3 -m kvmppc check --max-page-size 16M --json"),
