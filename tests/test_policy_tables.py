@@ -541,3 +541,16 @@ def test_guest_page_sizes_interface() -> None:
         guest_page_sizes("power9", 11)
     with pytest.raises(UsageError, match="unable to find CPU model 'z80'"):
         guest_page_sizes("z80", 16)
+
+
+@pytest.mark.parametrize("name", ["power8-hash-pr", "power10-radix-hv"])
+def test_other_shipped_profiles(name: str) -> None:
+    """The harness's real PR (POWER8, hash) and nested-HV (POWER10) answers: 64K starts;
+    16M fails as §5.3 / §5.1 say."""
+    probe = load_profile(name)
+    assert check(probe, CheckRequest(cpu="power8" if "pr" in name else None)).ok
+    expected = ("KVM doesn't support page shift 24/12" if "pr" in name
+                else cant(16384, 64))
+    assert errors(probe, max_page_size="16M", cpu="power8" if "pr" in name else None)[0] == (
+        expected
+    )
