@@ -64,7 +64,8 @@ class RequestMetrics:
             self.latency.observe(seconds)
 
 
-_fleet_memo: dict[int, tuple[object, dict[tuple[str, str], int]]] = {}
+# The last answer and what it was computed from (scrapes and STATUS= ask again and again).
+_fleet_memo: list[tuple[object, dict[tuple[str, str], int]]] = []
 
 
 def fleet_answer(result: ProbeResult) -> dict[tuple[str, str], int]:
@@ -76,9 +77,8 @@ def fleet_answer(result: ProbeResult) -> dict[tuple[str, str], int]:
     on the KVM part and the mount table only, so it is computed once per probe and mounts.
     """
     key = (result.host, result.kvm, result.hugepages.mounts)
-    memo = _fleet_memo.get(id(result.kvm))
-    if memo is not None and memo[0] == key:
-        return memo[1]
+    if _fleet_memo and _fleet_memo[0][0] == key:
+        return _fleet_memo[0][1]
     kvm_types = ["default"]
     if result.kvm.powerpc:
         kvm_types += [vm.name for vm in result.kvm.usable_vm_types if vm.name != "default"]
@@ -90,8 +90,7 @@ def fleet_answer(result: ProbeResult) -> dict[tuple[str, str], int]:
                                    kvm_type=None if kvm_type == "default" else kvm_type.upper())
             largest = check(result, request).advice.get("largest_max_page_size")
             answer[kvm_type, label] = largest["bytes"] if largest else 0
-    _fleet_memo.clear()
-    _fleet_memo[id(result.kvm)] = (key, answer)
+    _fleet_memo[:] = [(key, answer)]
     return answer
 
 

@@ -191,7 +191,11 @@ def status_line(cache: ProbeCache) -> str:
         what = f"KVM on {result.host.arch} is not PowerPC: pseries guests run under TCG"
     else:
         usable = ", ".join(vm.name for vm in kvm.usable_vm_types) or "none"
-        largest = fleet_answer(result)
+        try:
+            largest = fleet_answer(result)
+        except Exception:  # the status line must not stop the loop; the log says what broke
+            log.exception("computing the largest cap-hpt-max-page-size for STATUS=")
+            largest = {}
         sizes = ", ".join(f"{kvm_type} {backing} {size >> 10}K"
                           for (kvm_type, backing), size in largest.items())
         what = f"PowerPC KVM, VM types with SMMU info: {usable}" + (
@@ -203,7 +207,8 @@ def status_line(cache: ProbeCache) -> str:
 
 
 class Daemon:
-    """``kvmppc serve``.  Environment, paths and clocks are parameters for the tests."""
+    """``kvmppc serve``.  The environment (NOTIFY_SOCKET, LISTEN_FDS, WATCHDOG_USEC) and the
+    probe's paths are parameters with the real ones as defaults."""
 
     def __init__(self, config: DaemonConfig, environ: Mapping[str, str] = os.environ,
                  probe_paths: ProbePaths | None = None) -> None:
@@ -296,11 +301,11 @@ class Daemon:
             self._wake.clear()
             if self._stop:
                 break
+            if reload_task is not None and reload_task.done():
+                reload_task = None
             if self._reload and reload_task is None:
                 self._reload = False
                 reload_task = asyncio.create_task(self._reload_probe(cache))
-            if reload_task is not None and reload_task.done():
-                reload_task = None
             reason = cache.due()
             if reason is not None:
                 cache.refresh(reason)
