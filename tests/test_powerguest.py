@@ -9,6 +9,7 @@ Expected answers: ../shared/reference/kvm-ppc-facts.md §5 and what these kernel
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -66,9 +67,15 @@ PR_SMMU = {
 HV_CONFIGS = [name for name, config in CONFIGS.items() if config.kind == "hv"]
 PR_CONFIGS = [name for name, config in CONFIGS.items() if config.kind == "pr"]
 
-def boot(name: str) -> GuestRun:
-    """The session's one boot of ``name``: skip if a prerequisite is missing, fail if broken."""
-    outcome = harness.session_run(name)
+def boot(name: str, request: pytest.FixtureRequest | None = None) -> GuestRun:
+    """The session's one boot of ``name``: skip if a prerequisite is missing, fail if broken.
+
+    Given the fixture's ``request``, the harness's progress (downloads, image builds, the PR
+    kernel build) shows on the terminal as it happens instead of being captured.
+    """
+    capture = request.config.pluginmanager.getplugin("capturemanager") if request else None
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        outcome = harness.session_run(name)
     if isinstance(outcome, harness.MissingPrerequisiteError):
         pytest.skip(f"{name}: {outcome}")
     if isinstance(outcome, harness.HarnessError):
@@ -78,17 +85,17 @@ def boot(name: str) -> GuestRun:
 
 @pytest.fixture(scope="session", params=HV_CONFIGS)
 def hv(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 @pytest.fixture(scope="session", params=PR_CONFIGS)
 def pr(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 @pytest.fixture(scope="session", params=HV_CONFIGS + PR_CONFIGS)
 def any_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 def ok(run: GuestRun, name: str) -> GuestResult:

@@ -256,18 +256,31 @@ def pr_kernel_dir_pattern() -> str:
 
 
 def pr_kernel() -> Kernel:
-    """The KVM-PR capable kernel build-pr-kernel.sh built, or MissingPrerequisiteError."""
-    stamps = (cache_dir() / "pr-kernel").glob(f"{pr_kernel_dir_pattern()}/DONE")
-    built = sorted((done.parent for done in stamps), key=lambda path: path.stat().st_mtime)
+    """The KVM-PR capable kernel build-pr-kernel.sh built, or MissingPrerequisiteError.
+
+    With KVMPPC_BUILD_PR_KERNEL=1 in the environment, a missing kernel is built first.
+    """
+    built = _built_pr_kernels()
+    if not built and os.environ.get("KVMPPC_BUILD_PR_KERNEL") == "1":
+        progress("KVMPPC_BUILD_PR_KERNEL=1: building the KVM-PR kernel (about 7 min)")
+        if subprocess.call([str(PR_KERNEL_SCRIPT)]) != 0:
+            raise HarnessError(f"{PR_KERNEL_SCRIPT} failed; its log is in the output above")
+        built = _built_pr_kernels()
     if not built:
         raise MissingPrerequisiteError(
             "no KVM-PR kernel built for this version of tests/powerguest/build-pr-kernel.sh"
-            f" in {cache_dir() / 'pr-kernel'}: run that script (about 7 min on 2 cores)"
+            f" in {cache_dir() / 'pr-kernel'}: run that script (about 7 min on 2 cores), or"
+            " set KVMPPC_BUILD_PR_KERNEL=1 for the tests to build it"
         )
     root = built[-1]
     modules = {path.stem: path for path in (root / "modules").glob("*.ko")}
     release = (root / "release").read_text().strip()
     return Kernel("pr", release, root / "vmlinux", modules, root.name)
+
+
+def _built_pr_kernels() -> list[Path]:
+    stamps = (cache_dir() / "pr-kernel").glob(f"{pr_kernel_dir_pattern()}/DONE")
+    return sorted((done.parent for done in stamps), key=lambda path: path.stat().st_mtime)
 
 
 def kernel_named(name: str) -> Kernel:
@@ -715,7 +728,8 @@ def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | N
                  f" {timeout:.0f} s; console in {log}")
         console, timed_out, seconds = _boot(argv, log, timeout, echo, interactive=shell_after)
     results, done = parse_console(console, marker)
-    progress(f"{config.name}: {len(results)} results in {seconds:.1f} s"
+    outcome = "shell ended" if shell_after else f"{len(results)} results"
+    progress(f"{config.name}: {outcome} in {seconds:.1f} s"
              + (" (TIMED OUT, QEMU killed)" if timed_out else ""))
     return GuestRun(config, kernel.release, results, done, timed_out, seconds, log, console)
 
