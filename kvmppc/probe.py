@@ -273,24 +273,31 @@ def _unescape_mount_path(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
+def _read_count(path: str) -> int:
+    # os.open/os.read rather than open(): the daemon re-reads these four small sysfs files per
+    # pool for every answer, and a text-mode file object costs several times more.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return int(os.read(fd, 64))
+    finally:
+        os.close(fd)
+
+
 def read_hugepage_pools(sys_root: str) -> tuple[HugepagePool, ...]:
-    base = Path(sys_root, "kernel/mm/hugepages")
+    base = os.path.join(sys_root, "kernel/mm/hugepages")
     pools = []
-    for entry in sorted(os.listdir(base)):
+    for entry in os.listdir(base):
         match = _POOL_RE.match(entry)
         if not match:
             continue
-
-        def count(name: str, entry: str = entry) -> int:
-            return int(_read(base / entry / name).strip())
-
+        pool = os.path.join(base, entry)
         pools.append(
             HugepagePool(
                 page_size=int(match.group(1)) * 1024,
-                total=count("nr_hugepages"),
-                free=count("free_hugepages"),
-                reserved=count("resv_hugepages"),
-                surplus=count("surplus_hugepages"),
+                total=_read_count(os.path.join(pool, "nr_hugepages")),
+                free=_read_count(os.path.join(pool, "free_hugepages")),
+                reserved=_read_count(os.path.join(pool, "resv_hugepages")),
+                surplus=_read_count(os.path.join(pool, "surplus_hugepages")),
             )
         )
     return tuple(sorted(pools, key=lambda pool: pool.page_size))
@@ -550,14 +557,25 @@ def probe(
 
 
 def refresh_hugepages(result: ProbeResult, paths: ProbePaths | None = None) -> ProbeResult:
-    """The cached probe with its fast-changing part (pool counts, mounts) read again."""
+    """The cached probe with its fast-changing part, the hugepage pool counts, read again.
+
+    Only the counts: the mount table and the default size change when an administrator acts,
+    and are read again with the rest of the probe (at a re-probe, SIGHUP or POST /v1/refresh).
+    """
     if result.source != "live":
         return result  # a replayed profile describes another host: nothing here to re-read
     paths = paths or ProbePaths()
-    return replace(
-        result,
-        hugepages=probe_hugepages(paths, _kvm.statfs_type_and_block_size, _kvm.HUGETLBFS_MAGIC),
-    )
+    try:
+        pools = read_hugepage_pools(paths.sys)
+    except FileNotFoundError:
+        pools = ()  # as probe_hugepages: no hugetlb support, no pools
+    except (OSError, ValueError) as exc:
+        # Keep the last counts read and say why they are not fresh.
+        error = "; ".join(filter(None, (result.hugepages.error, f"hugepage pools re-read: {exc}")))
+        return replace(result, hugepages=replace(result.hugepages, error=error))
+    if pools == result.hugepages.pools:
+        return result
+    return replace(result, hugepages=replace(result.hugepages, pools=pools))
 
 
 # --------------------------------------------------------------------------------------------

@@ -283,3 +283,26 @@ def test_fallback_guess_hv(cpu: str, flags: int, slb: int, shifts: list[int]) ->
     assert [seg.page_shift for seg in info.segments] == shifts
     assert all(seg.pages == (PageSize(seg.page_shift, 1 if seg.page_shift == 16 else 0),)
                for seg in info.segments)
+
+
+def test_refresh_hugepages_rereads_counts_only(tmp_path: Path) -> None:
+    paths = make_tree(tmp_path, pools={2048: (8, 8, 0, 0)},
+                      mounts="none /dev/hugepages hugetlbfs rw,pagesize=2M 0 0\n")
+    result = probe(paths, machine="ppc64le", base_page_size=65536)
+    assert probe_mod.refresh_hugepages(result, paths) is result  # nothing changed
+    pool = tmp_path / "sys/kernel/mm/hugepages/hugepages-2048kB"
+    (pool / "free_hugepages").write_text("3\n")
+    (tmp_path / "mounts").write_text("")  # mounts are re-read by a re-probe, not here
+    fresh = probe_mod.refresh_hugepages(result, paths)
+    assert fresh.hugepages.pools == (HugepagePool(2 << 20, 8, 3, 0, 0),)
+    assert fresh.hugepages.mounts == result.hugepages.mounts
+    assert fresh.kvm is result.kvm
+    (pool / "free_hugepages").write_text("garbage\n")
+    broken = probe_mod.refresh_hugepages(fresh, paths)
+    assert broken.hugepages.pools == fresh.hugepages.pools  # last good counts kept
+    assert broken.hugepages.error is not None and "re-read" in broken.hugepages.error
+
+
+def test_refresh_hugepages_leaves_profiles_alone() -> None:
+    result = load_profile("power9-radix-hv")
+    assert probe_mod.refresh_hugepages(result) is result
