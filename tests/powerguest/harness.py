@@ -9,7 +9,8 @@ each one's exit status and output over the console, framed and base64-encoded.
 
 Everything downloaded or built is cached under ``$KVMPPC_GUEST_CACHE`` (default
 /var/tmp/kvmppc-guest): .deb files by their Debian version (it is in the file name), the
-guest image by those versions plus a hash of the project's own files.
+guest image as two initramfs layers, Debian's python (by those versions) and the project (by
+a hash of its own files), and the PR kernel (by source version and build script).
 
 Library for tests/test_powerguest.py, and a CLI::
 
