@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import contextlib
 import functools
 import gzip
@@ -679,7 +680,10 @@ def parse_console(text: str, marker: str) -> tuple[dict[str, GuestResult], bool]
         if words[:1] == ["BEGIN"] and len(words) == 2:
             current, body = words[1], []
         elif words[:1] == ["END"] and len(words) == 3 and words[1] == current:
-            output = base64.b64decode("".join(body)).decode("utf-8", "replace")
+            try:
+                output = base64.b64decode("".join(body)).decode("utf-8", "replace")
+            except binascii.Error as exc:  # a console line lost or cut by kernel messages
+                output = f"[powerguest: {current}'s output was garbled on the console: {exc}]"
             results[current] = GuestResult(current, int(words[2].removeprefix("rc=")), output)
             current = None
         elif words == ["DONE"]:
