@@ -19,17 +19,17 @@ pytestmark = pytest.mark.powerguest
 
 @pytest.fixture(scope="session", params=HV_CONFIGS + PR_CONFIGS)
 def guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 @pytest.fixture(scope="session", params=HV_CONFIGS)
 def hv_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 @pytest.fixture(scope="session", params=PR_CONFIGS)
 def pr_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 def answers(run: GuestRun) -> dict[str, Any]:

@@ -26,12 +26,12 @@ def cant(guest_kib: int, host_kib: int) -> str:
 
 @pytest.fixture(scope="session", params=HV_CONFIGS)
 def hv_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 @pytest.fixture(scope="session", params=PR_CONFIGS)
 def pr_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param)
+    return boot(request.param, request)
 
 
 def checks(run: GuestRun) -> dict[str, Any]:
