@@ -48,6 +48,13 @@ def _vm_type_lines(vm: VmTypeInfo) -> list[str]:
             lines.append(
                 "    guest pages must be backed by host-contiguous pages at least as large"
             )
+        if vm.is_pr and not smmu.one_t_segments:
+            # arch/powerpc/kvm/book3s_pr.c kvm_vm_ioctl_get_smmu_info_pr: without vCPU 0
+            # it reports "the minimum capability, i.e., no 64k pages".
+            lines.append(
+                "    (asked before any vCPU exists: once vCPU 0 has a POWER7 or later PVR,"
+                " KVM-PR adds 64KiB pages and 1T segments; 'kvmppc check' accounts for it)"
+            )
     if vm.rmmu is not None:
         sizes = ", ".join(_shift(shift) for shift in vm.rmmu.page_shifts)
         lines.append(f"    radix page sizes: {sizes}")

@@ -306,3 +306,13 @@ def test_refresh_hugepages_rereads_counts_only(tmp_path: Path) -> None:
 def test_refresh_hugepages_leaves_profiles_alone() -> None:
     result = load_profile("power9-radix-hv")
     assert probe_mod.refresh_hugepages(result) is result
+
+
+def test_cli_pr_profile_explains_the_vcpu_dependent_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(["probe", "--host-profile", "power8-hash-pr"]) == 0
+    out = capsys.readouterr().out
+    assert "lands on KVM-PR" in out
+    assert "once vCPU 0 has a POWER7 or later PVR" in out
+    assert "HV (type 1): not available" in out
