@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
@@ -141,14 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                               help="KVM device (default %(default)s)")
     probe_parser.set_defaults(func=_cmd_probe)
 
-    for module_name in ("kvmppc.cli_policy", "kvmppc.daemon.cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if not (exc.name and module_name.startswith(exc.name)):
-                raise
-            continue  # that part of kvmppc is not installed in this build
-        module.register(sub)
+    # Imported here, not at the top: both import render_probe from this module.
+    from kvmppc import cli_policy  # noqa: PLC0415
+    from kvmppc.daemon import cli as daemon_cli  # noqa: PLC0415
+
+    cli_policy.register(sub)
+    daemon_cli.register(sub)
     return parser
 
 

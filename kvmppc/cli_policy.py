@@ -53,25 +53,46 @@ def register(subparsers: Any) -> None:
         " page sizes, and what to change.  Exit 0: QEMU starts; 1: it does not; 2: bad"
         " arguments.",
     )
-    chk.add_argument("--max-page-size", metavar="SIZE",
-                     help="cap-hpt-max-page-size, in QEMU's size syntax (default: the"
-                     " machine's)")
-    chk.add_argument("--cpu", metavar="MODEL",
-                     help="QEMU -cpu model (default: the machine type's own)")
-    chk.add_argument("--machine", metavar="TYPE", default="pseries",
-                     help="pseries machine type (default: pseries)")
-    chk.add_argument("--mem-path", metavar="PATH", action="append", default=[],
-                     help="mem-path of a RAM backend (repeatable; default: anonymous RAM)")
-    chk.add_argument("--memory", metavar="SIZE", help="-m value (default: 512 MiB)")
-    chk.add_argument("--accel", choices=("kvm", "tcg"),
-                     help="default: kvm when this host has a usable PowerPC KVM, else tcg")
-    chk.add_argument("--kvm-type", metavar="HV|PR",
-                     help="KVM implementation (default: the kernel's default VM type)")
+    add_check_arguments(chk)
     chk.add_argument("--host-profile", metavar="FILE",
                      help="a saved probe ('kvmppc probe --json') or a shipped profile name,"
                      " instead of probing this host")
     chk.add_argument("--json", action="store_true", help="print JSON")
     chk.set_defaults(func=cmd_check)
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The guest-describing flags, shared by ``kvmppc check`` and ``kvmppc query check``."""
+    parser.add_argument("--max-page-size", metavar="SIZE",
+                        help="cap-hpt-max-page-size, in QEMU's size syntax (default: the"
+                        " machine's)")
+    parser.add_argument("--cpu", metavar="MODEL",
+                        help="QEMU -cpu model (default: the machine type's own)")
+    parser.add_argument("--machine", metavar="TYPE", default="pseries",
+                        help="pseries machine type (default: pseries)")
+    parser.add_argument("--mem-path", metavar="PATH", action="append", default=[],
+                        help="mem-path of a RAM backend (repeatable; default: anonymous RAM)")
+    parser.add_argument("--memory", metavar="SIZE", help="-m value (default: 512 MiB)")
+    parser.add_argument("--accel", choices=("kvm", "tcg"),
+                        help="default: kvm when the host has a usable PowerPC KVM, else tcg")
+    parser.add_argument("--kvm-type", metavar="HV|PR",
+                        help="KVM implementation (default: the kernel's default VM type)")
+
+
+def check_params(args: argparse.Namespace, *, absolute_paths: bool) -> dict[str, str | list[str]]:
+    """The flags of :func:`add_check_arguments` as ``CheckRequest.from_params`` (and the
+    daemon's query string) take them."""
+    params: dict[str, str | list[str]] = {"machine": args.machine}
+    for key, value in (("max_page_size", args.max_page_size), ("cpu", args.cpu),
+                       ("memory", args.memory), ("accel", args.accel),
+                       ("kvm_type", args.kvm_type)):
+        if value is not None:
+            params[key] = value
+    if args.mem_path:
+        params["mem_path"] = [
+            os.path.abspath(path) if absolute_paths else path for path in args.mem_path
+        ]
+    return params
 
 
 def _fail_usage(message: str) -> int:
@@ -120,16 +141,9 @@ def _load_probe(host_profile: str | None) -> ProbeResult:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    params: dict[str, str | list[str]] = {"machine": args.machine}
-    for key, value in (("max_page_size", args.max_page_size), ("cpu", args.cpu),
-                       ("memory", args.memory), ("accel", args.accel),
-                       ("kvm_type", args.kvm_type)):
-        if value is not None:
-            params[key] = value
     live = not args.host_profile
-    mem_paths = [os.path.abspath(p) if live else p for p in args.mem_path]
-    if mem_paths:
-        params["mem_path"] = mem_paths
+    params = check_params(args, absolute_paths=live)
+    mem_paths = list(params.get("mem_path", []))
     try:
         request = CheckRequest.from_params(params)
         probe = _load_probe(args.host_profile)

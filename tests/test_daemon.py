@@ -212,8 +212,12 @@ def test_kvmppc_query_check_takes_check_flags(tmp_path: Path) -> None:
         as_json = json.loads(kvmppc("query", "check", "--json", "--max-page-size", "16M",
                                     *sock).stdout)
         assert as_json["ok"] is False and as_json["cache"]["stale"] is False
+        # Refused by the daemon (400), relayed as check's exit 2 with the daemon's words.
+        bad = kvmppc("query", "check", "--kvm-type", "XX", *sock)
+        assert bad.returncode == 2 and "Unknown kvm-type specified 'XX'" in bad.stderr
+        # Refused before asking, by the flags query shares with check.
         bad = kvmppc("query", "check", "--accel", "xen", *sock)
-        assert bad.returncode == 2 and "accel must be 'kvm' or 'tcg'" in bad.stderr
+        assert bad.returncode == 2 and "invalid choice: 'xen'" in bad.stderr
 
 
 def test_kvmppc_query_host_and_health(tmp_path: Path) -> None:

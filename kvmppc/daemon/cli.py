@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from kvmppc.cli import render_probe
+from kvmppc.cli_policy import add_check_arguments, check_params
 from kvmppc.daemon.client import DaemonClient, cache_line
 from kvmppc.daemon.config import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET, load_config
 from kvmppc.probe import ProbeResult
@@ -74,18 +75,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # query
 
-_CHECK_FLAGS = (
-    # (flag, query parameter, help)
-    ("--max-page-size", "max_page_size",
-     "cap-hpt-max-page-size to check (4096, 64k, 16M, 16G ...)"),
-    ("--cpu", "cpu", "guest CPU model (-cpu), e.g. POWER9 or host"),
-    ("--machine", "machine", "machine type (-machine), e.g. pseries-8.2"),
-    ("--memory", "memory", "guest RAM size (-m), e.g. 4G"),
-    ("--accel", "accel", "accelerator: kvm or tcg"),
-    ("--kvm-type", "kvm_type", "KVM type (-machine kvm-type=): HV or PR"),
-)
-
-
 def _socket_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--socket", metavar="PATH",
@@ -108,10 +97,7 @@ def _register_query(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                    ).set_defaults(func=_cmd_query_host)
     check = sub.add_parser("check", parents=[parent],
                            help="will a pseries guest start with this cap-hpt-max-page-size?")
-    for flag, dest, text in _CHECK_FLAGS:
-        check.add_argument(flag, dest=dest, help=text)
-    check.add_argument("--mem-path", dest="mem_path", action="append", default=[],
-                       metavar="PATH", help="a -mem-path / memory backend path (repeatable)")
+    add_check_arguments(check)
     check.set_defaults(func=_cmd_query_check)
     sub.add_parser("health", parents=[parent], help="the daemon's health"
                    ).set_defaults(func=_cmd_query_health)
@@ -146,12 +132,9 @@ def _cmd_query_host(args: argparse.Namespace) -> int:
 
 def _cmd_query_check(args: argparse.Namespace) -> int:
     """Exit as ``kvmppc check`` does: 0 QEMU starts, 1 it does not, 2 bad arguments."""
-    params: dict[str, str | list[str]] = {
-        dest: value for _flag, dest, _text in _CHECK_FLAGS
-        if (value := getattr(args, dest)) is not None
-    }
-    if args.mem_path:
-        params["mem_path"] = args.mem_path
+    # The daemon matches mem_path against the mount table it probed; relative paths would
+    # mean the caller's directory, so they are made absolute here as `kvmppc check` does.
+    params = check_params(args, absolute_paths=True)
     accept = "application/json" if args.json else "text/plain"
     status, body, headers = _ask(args, "GET", "/v1/check", params, accept=accept)
     if status != 200:
