@@ -106,6 +106,7 @@ class Cap(enum.IntEnum):
     PPC_HTAB_FD = 84
     PPC_RTAS = 91
     CHECK_EXTENSION_VM = 105
+    PPC_HTM = 132  # cap-htm=on under KVM needs it (hw/ppc/spapr_caps.c cap_htm_apply)
     SPAPR_RESIZE_HPT = 133
     PPC_MMU_RADIX = 134
     PPC_MMU_HASH_V3 = 135
