@@ -27,7 +27,7 @@ from policy_hosts import (
 from kvmppc.errors import UsageError
 from kvmppc.model import SmmuInfo
 from kvmppc.policy import Backing, CheckRequest, check, guest_page_sizes, resolve_backing
-from kvmppc.probe import load_profile
+from kvmppc.probe import ProbeResult, load_profile
 
 CI = "KVM can't supply 64kiB CI pages, which guest expects"
 
@@ -554,3 +554,40 @@ def test_other_shipped_profiles(name: str) -> None:
     assert errors(probe, max_page_size="16M", cpu="power8" if "pr" in name else None)[0] == (
         expected
     )
+
+
+# cap-htm: pseries-2.11 and older turn it on for ISA 2.07+ CPUs; under KVM QEMU's
+# cap_htm_apply (hw/ppc/spapr_caps.c) then needs KVM_CAP_PPC_HTM.
+NO_HTM = "KVM implementation does not support Transactional Memory"
+
+
+def _hv_with_htm(htm: int) -> ProbeResult:
+    hv = vm_type("hv", smmu=HV_SMMU, is_pr=False, radix=False, hash_v3=True,
+                 extra_caps={"PPC_HTM": htm})
+    return host(hv=hv, mmu="hash", pvr=POWER8_PVR)
+
+
+def test_htm_on_old_machine_needs_the_kvm_cap() -> None:
+    result = check(_hv_with_htm(0), CheckRequest(machine="pseries-2.11", cpu="power8"))
+    assert not result.ok
+    assert result.errors[0].message == NO_HTM
+    assert "cap-htm=off" in json.dumps(result.to_dict()["advice"])
+
+
+def test_htm_cap_present_lets_old_machine_start() -> None:
+    result = check(_hv_with_htm(1), CheckRequest(machine="pseries-2.11", cpu="power8"))
+    assert NO_HTM not in [problem.message for problem in result.errors]
+    assert result.ok, result.errors
+
+
+def test_htm_off_by_default_from_pseries_2_12() -> None:
+    result = check(_hv_with_htm(0), CheckRequest(machine="pseries-2.12", cpu="power8"))
+    assert NO_HTM not in [problem.message for problem in result.errors]
+
+
+def test_htm_on_real_nested_power9_kernel() -> None:
+    """The real POWER9 nested-HV kernel answered KVM_CAP_PPC_HTM = 0."""
+    profile = load_profile("power9-radix-hv")
+    assert profile.kvm.vm_types["hv"].caps["PPC_HTM"] == 0
+    result = check(profile, CheckRequest(machine="pseries-2.11", cpu="power9"))
+    assert result.errors[0].message == NO_HTM
