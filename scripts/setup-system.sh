@@ -29,13 +29,15 @@ fi
 # apt-get update fail for one source while the others are fine; retry, then go on with the
 # lists we have rather than fail the whole setup.
 updated=false
-for attempt in 1 2 3; do
+for attempt in 1 2; do
     if apt-get update -q; then
         updated=true
         break
     fi
-    echo "setup-system: apt-get update failed (attempt $attempt of 3), retrying in 20 s" >&2
-    sleep 20
+    if [ "$attempt" -lt 2 ]; then
+        echo "setup-system: apt-get update failed (attempt $attempt of 2), retrying in 15 s" >&2
+        sleep 15
+    fi
 done
 if [ "$updated" = false ]; then
     echo "setup-system: apt-get update kept failing; continuing with the package lists we have" >&2
