@@ -12,24 +12,12 @@ import pytest
 from kvmppc.policy import CheckRequest, check
 from kvmppc.probe import ProbeResult
 from tests.powerguest.harness import GuestRun
-from tests.test_powerguest import HV_CONFIGS, PR_CONFIGS, boot, comparable, ok
+from tests.test_powerguest import comparable, ok
 
 pytestmark = pytest.mark.powerguest
 
 
-@pytest.fixture(scope="session", params=HV_CONFIGS + PR_CONFIGS)
-def guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
 
-
-@pytest.fixture(scope="session", params=HV_CONFIGS)
-def hv_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
-
-
-@pytest.fixture(scope="session", params=PR_CONFIGS)
-def pr_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
 
 
 def answers(run: GuestRun) -> dict[str, Any]:
@@ -37,9 +25,9 @@ def answers(run: GuestRun) -> dict[str, Any]:
     return data
 
 
-def test_daemon_notifies_serves_reloads_and_stops_in_the_guest(guest: GuestRun) -> None:
+def test_daemon_notifies_serves_reloads_and_stops_in_the_guest(any_guest: GuestRun) -> None:
     """READY=1 after the first probe, RELOADING=1/READY=1 around SIGHUP, STOPPING=1, exit 0."""
-    out = answers(guest)
+    out = answers(any_guest)
     firsts = [message[0] for message in out["notifications"]]
     ready = firsts.index("READY=1")
     assert firsts[ready:] == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], firsts
@@ -48,16 +36,16 @@ def test_daemon_notifies_serves_reloads_and_stops_in_the_guest(guest: GuestRun) 
     assert out["health"]["probe_failures"] == 0
 
 
-def test_daemon_host_answer_is_the_guest_probe(guest: GuestRun) -> None:
-    out = answers(guest)
-    direct = ok(guest, "probe-json").json()
+def test_daemon_host_answer_is_the_guest_probe(any_guest: GuestRun) -> None:
+    out = answers(any_guest)
+    direct = ok(any_guest, "probe-json").json()
     assert comparable(out["host"]["probe"]) == comparable(direct)
     assert out["host"]["cache"]["stale"] is False and out["host"]["cache"]["source"] == "live"
 
 
-def test_daemon_checks_are_the_policy_on_its_probe(guest: GuestRun) -> None:
+def test_daemon_checks_are_the_policy_on_its_probe(any_guest: GuestRun) -> None:
     """Each cached check equals the policy run here on the probe the daemon served."""
-    out = answers(guest)
+    out = answers(any_guest)
     probe = ProbeResult.from_dict(out["host"]["probe"])
     for key, size in (("check_64k", "64k"), ("check_16m", "16M")):
         answer = dict(out[key])

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_powerguest import HV_CONFIGS, PR_CONFIGS, boot  # the session's shared boots
 
 from tests.powerguest.harness import GuestRun
 
@@ -24,14 +23,6 @@ def cant(guest_kib: int, host_kib: int) -> str:
             " this KVM implementation")
 
 
-@pytest.fixture(scope="session", params=HV_CONFIGS)
-def hv_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
-
-
-@pytest.fixture(scope="session", params=PR_CONFIGS)
-def pr_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
 
 
 def checks(run: GuestRun) -> dict[str, Any]:

@@ -9,10 +9,8 @@ Expected answers: ../shared/reference/kvm-ppc-facts.md §5 and what these kernel
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -64,44 +62,6 @@ PR_SMMU = {
         {"page_shift": 24, "slb_enc": 0x100, "enc": [[24, 0x0]]},
     ],
 }
-
-HV_CONFIGS = [name for name, config in CONFIGS.items() if config.kind == "hv"]
-PR_CONFIGS = [name for name, config in CONFIGS.items() if config.kind == "pr"]
-
-def boot(name: str, request: pytest.FixtureRequest | None = None) -> GuestRun:
-    """The session's one boot of ``name``: skip if a prerequisite is missing, fail if broken.
-
-    Given the fixture's ``request``, the harness's progress (downloads, image builds, the PR
-    kernel build) shows on the terminal as it happens instead of being captured.
-    """
-    capture = request.config.pluginmanager.getplugin("capturemanager") if request else None
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        outcome = harness.session_run(name)
-    if isinstance(outcome, harness.MissingPrerequisiteError):
-        # In CI (CI=true) the HV guests need nothing but what scripts/setup-system.sh
-        # installs, so a missing piece there is a broken set-up, not a reason to skip.
-        if os.environ.get("CI") == "true" and CONFIGS[name].kernel == "debian":
-            pytest.fail(f"{name}: {outcome}")
-        pytest.skip(f"{name}: {outcome}")
-    if isinstance(outcome, harness.HarnessError):
-        pytest.fail(f"{name}: {outcome}")
-    return outcome
-
-
-@pytest.fixture(scope="session", params=HV_CONFIGS)
-def hv(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
-
-
-@pytest.fixture(scope="session", params=PR_CONFIGS)
-def pr(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
-
-
-@pytest.fixture(scope="session", params=HV_CONFIGS + PR_CONFIGS)
-def any_guest(request: pytest.FixtureRequest) -> GuestRun:
-    return boot(request.param, request)
-
 
 def ok(run: GuestRun, name: str) -> GuestResult:
     """The result of command ``name``, which must have exited 0."""
@@ -218,26 +178,26 @@ def test_every_shipped_profile_has_a_guest_that_reproduces_it() -> None:
 # nested KVM-HV (POWER9, POWER10)
 
 
-def test_hv_smmu_info_is_the_nested_hv_answer(hv: GuestRun) -> None:
+def test_hv_smmu_info_is_the_nested_hv_answer(hv_guest: GuestRun) -> None:
     """KVM_PPC_GET_SMMU_INFO on HV and default VMs: REAL|1T|NO_HASH, 32 SLB, 4K/64K/16M+MPSS."""
-    vm_types = raw(hv)["vm_types"]
+    vm_types = raw(hv_guest)["vm_types"]
     for vm_type in ("0", "1"):
         assert vm_types[vm_type]["create"] == "ok"
         assert vm_types[vm_type]["smmu"] == NESTED_HV_SMMU, f"VM type {vm_type}"
 
 
-def test_hv_rmmu_info_is_the_radix_answer(hv: GuestRun) -> None:
-    assert raw(hv)["vm_types"]["1"]["rmmu"] == RADIX_RMMU
+def test_hv_rmmu_info_is_the_radix_answer(hv_guest: GuestRun) -> None:
+    assert raw(hv_guest)["vm_types"]["1"]["rmmu"] == RADIX_RMMU
 
 
-def test_hv_kernel_refuses_a_pr_vm(hv: GuestRun) -> None:
+def test_hv_kernel_refuses_a_pr_vm(hv_guest: GuestRun) -> None:
     """With only kvm-hv loaded, KVM_CREATE_VM(KVM_VM_PPC_PR) fails with EINVAL."""
-    assert raw(hv)["vm_types"]["2"]["create"] == {"errno": "EINVAL"}
+    assert raw(hv_guest)["vm_types"]["2"]["create"] == {"errno": "EINVAL"}
 
 
-def test_hv_probe_reports_what_the_kernel_answered(hv: GuestRun) -> None:
+def test_hv_probe_reports_what_the_kernel_answered(hv_guest: GuestRun) -> None:
     """kvmppc probe --json: the HV VM type lands on HV with the raw SMMU and RMMU answers."""
-    probe = ok(hv, "probe-json").json()
+    probe = ok(hv_guest, "probe-json").json()
     kvm = probe["kvm"]
     assert kvm["powerpc"] is True
     assert kvm["api_version"] == 12
@@ -257,22 +217,22 @@ def test_hv_probe_reports_what_the_kernel_answered(hv: GuestRun) -> None:
 # KVM-PR (POWER8, the kernel from build-pr-kernel.sh)
 
 
-def test_pr_smmu_info_is_the_pr_answer(pr: GuestRun) -> None:
+def test_pr_smmu_info_is_the_pr_answer(pr_guest: GuestRun) -> None:
     """KVM_PPC_GET_SMMU_INFO on a PR VM without vCPUs: no REAL flag, 64 SLB, 4K and 16M."""
-    vm_types = raw(pr)["vm_types"]
+    vm_types = raw(pr_guest)["vm_types"]
     for vm_type in ("0", "2"):
         assert vm_types[vm_type]["create"] == "ok"
         assert vm_types[vm_type]["smmu"] == PR_SMMU, f"VM type {vm_type}"
 
 
-def test_pr_kernel_refuses_an_hv_vm_and_rmmu_info(pr: GuestRun) -> None:
-    vm_types = raw(pr)["vm_types"]
+def test_pr_kernel_refuses_an_hv_vm_and_rmmu_info(pr_guest: GuestRun) -> None:
+    vm_types = raw(pr_guest)["vm_types"]
     assert vm_types["1"]["create"] == {"errno": "EINVAL"}
     assert vm_types["2"]["rmmu"] == {"errno": "EINVAL"}  # not radix: kvmhv_get_rmmu_info
 
 
-def test_pr_probe_reports_what_the_kernel_answered(pr: GuestRun) -> None:
-    probe = ok(pr, "probe-json").json()
+def test_pr_probe_reports_what_the_kernel_answered(pr_guest: GuestRun) -> None:
+    probe = ok(pr_guest, "probe-json").json()
     pr_vm = probe["kvm"]["vm_types"]["pr"]
     assert pr_vm["available"] is True and pr_vm["is_pr"] is True
     assert probe_smmu_as_raw(pr_vm["smmu"]) == PR_SMMU
