@@ -533,7 +533,6 @@ def probe(
     base_page_size: int | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
-    include_kvm: bool = True,
 ) -> ProbeResult:
     """Probe the host.  Never raises for a part that fails: the part carries the error."""
     paths = paths or ProbePaths()
@@ -545,7 +544,7 @@ def probe(
         base_page_size=base_page_size or os.sysconf("SC_PAGE_SIZE"),
     )
     hugepages = probe_hugepages(paths, _kvm.statfs_type_and_block_size, _kvm.HUGETLBFS_MAGIC)
-    kvm = probe_kvm(paths, host) if include_kvm else KvmInfo(paths.kvm_device, False, False)
+    kvm = probe_kvm(paths, host)
     return ProbeResult(
         host=host,
         hugepages=hugepages,
