@@ -1,0 +1,601 @@
+"""A ``qemu-system-ppc64`` command line, read the way QEMU 7.2 reads it, as a CheckRequest.
+
+QEMU has two option syntaxes and this module follows each where QEMU uses it
+(softmmu/vl.c ``qemu_init``):
+
+* **keyval** (util/keyval.c ``keyval_parse``) for ``-machine``/``-M`` and ``-object``: a
+  comma-separated list of ``key=value``, ``,,`` standing for a literal comma, the first
+  element may omit its key (``-M pseries`` is ``type=pseries``, ``-object
+  memory-backend-ram,...`` is ``qom-type=...``), every other element needs its ``=``
+  ("Expected '=' after parameter 'usb'").  ``-object`` also takes JSON (``{"qom-type": ...}``),
+  which is what libvirt 9.0 writes.  ``-enable-kvm`` is ``-machine accel=kvm``.
+* **QemuOpts** (util/qemu-option.c ``opts_do_parse``) for ``-m``, ``-smp``, ``-numa`` and
+  ``-accel``: the same comma rules, but an element without ``=`` is a boolean (``x`` is
+  ``x=on``, ``nox`` is ``x=off``), and ``-m``/``-smp`` check their keys ("Invalid parameter
+  'foo'").
+
+What bears on QEMU's page-size decisions becomes a :class:`kvmppc.policy.CheckRequest`: the
+machine type and ``cap-hpt-max-page-size``, ``kvm-type``, the accelerator, the ``-cpu`` model,
+``-m``'s size and the RAM backends that are mapped as guest RAM (``-mem-path``, the
+``memory-backend`` of the machine, the ``memdev`` of each ``-numa node``).  Options with no
+bearing on that are listed as *ignored*.  Options that would bear on it but that the policy
+does not model (``max-cpu-compat``, other capabilities switched on, CPU properties, memory
+hotplug slots, DIMMs, memfd hugepages, a mix of anonymous and file backends, ``-readconfig``,
+``-set``, ``-global`` on the machine or CPU) make the answer "cannot judge" instead of a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmppc.errors import UsageError
+from kvmppc.policy import CheckRequest, parse_memory, parse_size
+
+# Options of qemu-system-ppc64 7.2 that take an argument (qemu-options.hx, HAS_ARG).  An option
+# in neither table is refused, as QEMU does ("-bogus: invalid option").
+_WITH_ARG = """
+    accel action add-fd append audio audiodev bios blockdev boot cdrom chardev chroot compat
+    cpu D d debugcon device dfilter display drive dtb dump-vmstate echr fda fdb fsdev fw_cfg g
+    gdb global hda hdb hdc hdd icount incoming initrd iscsi k kernel L loadvm m M machine
+    mem-path mon monitor msg mtdblock name net netdev nic numa object option-rom overcommit
+    parallel pflash pidfile plugin prom-env qmp qmp-pretty readconfig rotate rtc runas sandbox
+    sd seed semihosting-config serial set smbios smp spice tpmdev trace usbdevice uuid vga
+    virtfs vnc watchdog watchdog-action xen-domid acpitable qtest qtest-log
+"""
+OPTIONS_WITH_ARG = frozenset(_WITH_ARG.split())
+_WITHOUT_ARG = """
+    S s enable-kvm no-user-config nodefaults nographic no-reboot no-shutdown snapshot usb
+    mem-prealloc daemonize full-screen portrait version h help only-migratable preconfig
+    singlestep enable-sync-profile no-acpi win2k-hack no-fd-bootchk alt-grab ctrl-grab no-quit
+    async-teardown xen-attach enable-fips audio-help semihosting
+"""
+OPTIONS_WITHOUT_ARG = frozenset(_WITHOUT_ARG.split())
+HELP_OPTIONS = frozenset({"version", "h", "help", "audio-help"})
+
+# The programs that are QEMU's pseries emulator; Debian's ``kvm`` on ppc64el (like RHEL's
+# ``qemu-kvm``) adds -enable-kvm.
+PROGRAMS = {"qemu-system-ppc64": False, "qemu-system-ppc64le": False, "kvm": True,
+            "qemu-kvm": True}
+
+# -machine properties with no bearing on page sizes or backing (hw/core/machine.c,
+# hw/ppc/spapr.c).  Anything else not modelled makes the answer "cannot judge".
+IGNORED_MACHINE_KEYS = frozenset({
+    "usb", "dump-guest-core", "mem-merge", "graphics", "firmware", "kernel", "initrd", "append",
+    "dtb", "dumpdtb", "phandle-start", "suppress-vmdesc", "host-serial", "host-model",
+    "kernel-irqchip",
+})
+# spapr_caps.c: a capability is only ever refused when asked for more than KVM offers
+# (cap_*_apply check ``val`` against KVM when it is on / above the KVM value).  Turning one
+# off cannot stop the guest starting.
+_CAP_OFF_VALUES = frozenset({"off", "false", "no", "broken"})
+_MEM_KEYS = ("size", "slots", "maxmem")  # softmmu/vl.c qemu_mem_opts
+_SMP_KEYS = ("cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads", "books",
+             "drawers")  # hw/core/machine.c SMPConfiguration
+_MEMORY_DEVICES = frozenset({"pc-dimm", "nvdimm", "virtio-mem-pci", "virtio-pmem-pci",
+                             "spapr-nvdimm"})
+_MACHINE_DRIVERS = ("spapr-machine", "pseries", "power", "host-powerpc64", "spapr-cpu-core")
+
+
+class CommandLineError(UsageError):
+    """The command line is one QEMU itself would refuse, or not a command line at all."""
+
+
+def _bad(option: str, arg: str | None, message: str) -> CommandLineError:
+    where = f"{option} {arg}" if arg is not None else option
+    return CommandLineError(f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# the two syntaxes
+
+
+def _split_commas(text: str) -> list[str]:
+    """Split at single commas; ``,,`` is a literal comma (both syntaxes)."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == ",":
+            if text[i + 1:i + 2] == ",":
+                current.append(",")
+                i += 2
+                continue
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def _split_key(element: str) -> tuple[str, str | None]:
+    # The key ends at the first '=' that is not part of a ',,' (already unescaped here: keys
+    # cannot contain commas in either syntax, so the first '=' is the one).
+    key, eq, value = element.partition("=")
+    return (key, value) if eq else (element, None)
+
+
+def parse_keyval(option: str, text: str, implied_key: str | None) -> dict[str, str]:
+    """util/keyval.c ``keyval_parse``: later keys win, as in a QDict."""
+    result: dict[str, str] = {}
+    if text == "":
+        return result
+    for index, element in enumerate(_split_commas(text)):
+        key, value = _split_key(element)
+        if value is None:
+            if index == 0 and implied_key is not None:
+                key, value = implied_key, element
+            else:
+                raise _bad(option, text, f"Expected '=' after parameter '{element}'")
+        if not key:
+            raise _bad(option, text, "Invalid parameter ''")
+        result[key] = value
+    return result
+
+
+def parse_qemu_opts(option: str, text: str, implied_key: str | None,
+                    known: Sequence[str] | None = None) -> dict[str, str]:
+    """util/qemu-option.c ``opts_do_parse``: ``x`` means x=on and ``nox`` x=off."""
+    result: dict[str, str] = {}
+    for index, element in enumerate(_split_commas(text)):
+        if element == "" and index > 0:
+            continue  # a trailing comma is accepted
+        key, value = _split_key(element)
+        if value is None:
+            if index == 0 and implied_key is not None:
+                key, value = implied_key, element
+            elif element.startswith("no") and len(element) > 2:
+                key, value = element[2:], "off"
+            else:
+                key, value = element, "on"
+        if not key:
+            raise _bad(option, text, "Invalid parameter ''")
+        if known is not None and key not in known:
+            raise _bad(option, text, f"Invalid parameter '{key}'")
+        result[key] = value
+    return result
+
+
+def _parse_object(text: str) -> dict[str, str]:
+    """``-object``: JSON (what libvirt writes) or keyval with ``qom-type`` implied."""
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _bad("-object", text, f"JSON parse error, {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise _bad("-object", text, "JSON object expected")
+        props: dict[str, str] = {}
+        for key, value in data.items():
+            if isinstance(value, bool):
+                props[str(key)] = "on" if value else "off"
+            elif isinstance(value, (str, int)):
+                props[str(key)] = str(value)
+            elif isinstance(value, float) and value.is_integer():
+                props[str(key)] = str(int(value))
+            else:
+                props[str(key)] = json.dumps(value)
+    else:
+        props = parse_keyval("-object", text, "qom-type")
+    if "qom-type" not in props:
+        raise _bad("-object", text, "Parameter 'qom-type' is missing")
+    if "id" not in props:
+        raise _bad("-object", text, "Parameter 'id' is missing")
+    return props
+
+
+# --------------------------------------------------------------------------------------------
+# the answer
+
+
+@dataclass(frozen=True)
+class Translation:
+    """What a command line (or a domain) asks of QEMU, in the policy's terms.
+
+    ``request`` is None exactly when ``cannot_judge`` is not empty: each entry there names an
+    option that would bear on the answer and that kvmppc does not model.  ``ignored`` lists
+    the options with no bearing on page sizes or backing; ``notes`` says how the rest was read.
+    """
+
+    argv: tuple[str, ...]
+    request: CheckRequest | None
+    cannot_judge: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    source: str = "qemu-argv"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "argv": list(self.argv),
+            "request": self.request.to_dict() if self.request else None,
+            "cannot_judge": list(self.cannot_judge),
+            "ignored": list(self.ignored),
+            "notes": list(self.notes),
+            **self.extra,
+        }
+
+
+def split_command_line(text: str) -> list[str]:
+    """A command line as a shell (or a systemd unit, or ``virsh domxml-to-native``) gives it:
+    backslash-newlines joined, shell quoting undone, leading ``VAR=value`` words dropped."""
+    try:
+        words = shlex.split(text.replace("\\\n", " "), comments=False)
+    except ValueError as exc:
+        raise CommandLineError(f"cannot split the command line: {exc}") from None
+    while words and "=" in words[0] and not words[0].startswith("-") and "/" not in (
+            words[0].partition("=")[0]):
+        words.pop(0)
+    return words
+
+
+@dataclass
+class _Backend:
+    qom_type: str
+    props: dict[str, str]
+    text: str
+
+
+@dataclass
+class _State:
+    machine: dict[str, str] = field(default_factory=dict)
+    machine_texts: list[str] = field(default_factory=list)
+    accels: list[dict[str, str]] = field(default_factory=list)
+    cpu: str | None = None
+    mem: dict[str, str] = field(default_factory=dict)
+    mem_text: str | None = None
+    mem_path: str | None = None
+    mem_prealloc: bool = False
+    objects: dict[str, _Backend] = field(default_factory=dict)
+    numa_memdevs: list[str] = field(default_factory=list)
+    numa_legacy_mem: bool = False
+    ignored: list[str] = field(default_factory=list)
+    cannot: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    memory_devices: list[str] = field(default_factory=list)
+
+
+def _iter_options(argv: Sequence[str]) -> list[tuple[str, str | None]]:
+    options: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if not word.startswith("-") or word == "-":
+            options.append(("", word))  # a disk image (QEMU's -hda)
+            continue
+        name = word[2:] if word.startswith("--") else word[1:]
+        if name in OPTIONS_WITH_ARG:
+            if i >= len(argv):
+                raise CommandLineError(f"{word}: requires an argument")
+            options.append((name, argv[i]))
+            i += 1
+        elif name in OPTIONS_WITHOUT_ARG:
+            options.append((name, None))
+        else:
+            raise CommandLineError(
+                f"{word}: invalid option (not one of qemu-system-ppc64 7.2's options)"
+            )
+    return options
+
+
+def _program_implies_kvm(program: str) -> bool:
+    base = posixpath.basename(program)
+    if base not in PROGRAMS:
+        raise CommandLineError(
+            f"{program!r} is not QEMU's pseries emulator: give the command line of"
+            f" {', '.join(sorted(PROGRAMS))} (program first)"
+        )
+    return PROGRAMS[base]
+
+
+def translate_argv(argv: Sequence[str]) -> Translation:
+    """Read ``argv`` (program first) as QEMU 7.2 would; see the module's docstring."""
+    if not argv:
+        raise CommandLineError("empty command line: give the program and its arguments")
+    state = _State()
+    if _program_implies_kvm(argv[0]):
+        state.machine["accel"] = "kvm"
+        state.notes.append(f"{posixpath.basename(argv[0])} runs QEMU with -enable-kvm")
+    for name, arg in _iter_options(argv[1:]):
+        _read_option(state, name, arg)
+    return _finish(tuple(argv), state)
+
+
+def _read_option(state: _State, name: str, arg: str | None) -> None:
+    option = f"-{name}"
+    if name == "":
+        state.ignored.append(f"{arg} (a disk image)")
+    elif name in HELP_OPTIONS:
+        raise CommandLineError(f"{option}: QEMU prints its help and exits; no guest to check")
+    elif name in ("M", "machine"):
+        assert arg is not None
+        props = parse_keyval(option, arg, "type")
+        if props.get("type") in ("help", "?") or props.get("accel") == "help":
+            raise _bad(option, arg, "QEMU lists machine types and exits; no guest to check")
+        state.machine.update(props)
+        state.machine_texts.append(arg)
+    elif name == "enable-kvm":
+        state.machine["accel"] = "kvm"  # softmmu/vl.c: qdict_put_str(machine_opts, "accel")
+    elif name == "accel":
+        assert arg is not None
+        props = parse_qemu_opts(option, arg, "accel")
+        if "accel" not in props:
+            raise _bad(option, arg, "Parameter 'accel' is missing")
+        state.accels.append(props)
+    elif name == "cpu":
+        assert arg is not None
+        if arg.split(",")[0] in ("help", "?"):
+            raise _bad(option, arg, "QEMU lists CPU models and exits; no guest to check")
+        state.cpu = arg
+    elif name == "m":
+        assert arg is not None
+        state.mem.update(parse_qemu_opts(option, arg, "size", _MEM_KEYS))
+        state.mem_text = arg
+    elif name == "mem-path":
+        state.mem_path = arg
+    elif name == "mem-prealloc":
+        state.mem_prealloc = True
+    elif name == "object":
+        assert arg is not None
+        props = _parse_object(arg)
+        qom_type = props.pop("qom-type")
+        object_id = props["id"]
+        if object_id in state.objects:
+            raise _bad(option, arg, f"attempt to add duplicate property '{object_id}' to"
+                       " object (type 'container')")
+        state.objects[object_id] = _Backend(qom_type, props, arg)
+        if not qom_type.startswith("memory-backend-"):
+            state.ignored.append(f"{option} {qom_type} (not a memory backend)")
+    elif name == "numa":
+        assert arg is not None
+        props = parse_qemu_opts(option, arg, "type")
+        kind = props.get("type", "node")
+        if kind == "node":
+            if "mem" in props:
+                state.numa_legacy_mem = True
+            if "memdev" in props:
+                state.numa_memdevs.append(props["memdev"])
+        else:
+            state.ignored.append(f"{option} {arg}")
+    elif name == "smp":
+        assert arg is not None
+        props = parse_qemu_opts(option, arg, "cpus", _SMP_KEYS)
+        for key, value in props.items():
+            if not value.isdigit():
+                raise _bad(option, arg, f"Parameter 'smp.{key}' expects integer")
+        state.ignored.append(f"{option} {arg} (vCPU topology: no bearing on page sizes)")
+    elif name == "readconfig":
+        state.cannot.append(f"-readconfig {arg}: reading QEMU config files is out of scope;"
+                            " give their options on the command line")
+    elif name == "set":
+        state.cannot.append(f"-set {arg}: changes options given elsewhere; not modelled")
+    elif name == "global":
+        assert arg is not None
+        driver = arg.split(".", 1)[0].lower()
+        if driver.startswith(_MACHINE_DRIVERS):
+            state.cannot.append(f"-global {arg}: a machine or CPU default; not modelled")
+        else:
+            state.ignored.append(f"-global {arg}")
+    elif name == "device":
+        assert arg is not None
+        driver = _device_driver(arg)
+        if driver in _MEMORY_DEVICES:
+            state.memory_devices.append(arg)
+            state.cannot.append(f"-device {arg}: hot-pluggable memory is checked against its"
+                                " own backend (spapr_memory_pre_plug); not modelled")
+        else:
+            state.ignored.append(f"-device {driver}")
+    else:
+        state.ignored.append(option if arg is None else f"{option} {arg}")
+
+
+def _device_driver(arg: str) -> str:
+    if arg.lstrip().startswith("{"):
+        try:
+            data = json.loads(arg)
+        except json.JSONDecodeError as exc:
+            raise _bad("-device", arg, f"JSON parse error, {exc.msg}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("driver"), str):
+            raise _bad("-device", arg, "Parameter 'driver' is missing")
+        return str(data["driver"])
+    return _split_commas(arg)[0].partition("=")[2] if arg.startswith("driver=") else (
+        _split_commas(arg)[0])
+
+
+def _accel_mode(state: _State) -> tuple[str | None, str]:
+    """The accelerator list (softmmu/vl.c ``configure_accelerators``) as the request's accel:
+    QEMU tries each in turn; "kvm" then "tcg" is what the policy's automatic choice does."""
+    machine_accel = state.machine.pop("accel", None)
+    if state.accels and machine_accel is not None:
+        raise CommandLineError('The -accel and "-machine accel=" options are incompatible')
+    if state.accels:
+        names = [a["accel"] for a in state.accels]
+        for accel_opts in state.accels:
+            extra = sorted(set(accel_opts) - {"accel"})
+            if extra:
+                state.ignored.append(
+                    f"-accel {accel_opts['accel']} properties {', '.join(extra)}"
+                )
+        source = "-accel " + " -accel ".join(names)
+    elif machine_accel is not None:
+        names = machine_accel.split(":")
+        source = f"accel={machine_accel}"
+    else:
+        state.notes.append("no accelerator given: QEMU 7.2 uses TCG, where no backing check"
+                           " applies (libvirt passes -accel kvm for <domain type='kvm'>)")
+        return "tcg", "default"
+    for accel_name in names:
+        if accel_name not in ("kvm", "tcg"):
+            raise CommandLineError(f"invalid accelerator {accel_name}")
+    if names[0] == "tcg":
+        return "tcg", source
+    if len(names) > 1 and names[1] == "tcg":
+        state.notes.append(f"{source}: KVM if this host's KVM can create the VM, else TCG")
+        return None, source
+    return "kvm", source
+
+
+def _backend_kind(option: str, backend: _Backend, state: _State) -> tuple[str, str | None]:
+    """("file", mem-path) or ("anon", None) for a backend mapped as guest RAM; a memfd with
+    hugetlb, or another kind, adds a cannot-judge reason and gives ("?", None)."""
+    props = backend.props
+    if "size" not in props:
+        raise _bad("-object", backend.text, "Parameter 'size' is missing")
+    if backend.qom_type == "memory-backend-file":
+        path = props.get("mem-path")
+        if not path:
+            raise _bad("-object", backend.text, "property 'mem-path' is required")
+        return "file", path
+    if backend.qom_type == "memory-backend-ram":
+        return "anon", None
+    if backend.qom_type == "memory-backend-memfd":
+        if props.get("hugetlb") in ("on", "true", "yes"):
+            state.cannot.append(
+                f"{option}: memory-backend-memfd with hugetlb=on: its page size"
+                f" ({props.get('hugetlbsize', 'the default hugepage size')}) is not a mem-path;"
+                " not modelled"
+            )
+            return "?", None
+        return "anon", None  # memfd without hugetlb is shmem: base pages
+    state.cannot.append(f"{option}: {backend.qom_type} as guest RAM is not modelled")
+    return "?", None
+
+
+def _size_of(backend: _Backend) -> int:
+    try:
+        return parse_size(backend.props["size"])
+    except UsageError:
+        raise _bad("-object", backend.text, "Parameter 'size' expects size") from None
+
+
+def _finish(argv: tuple[str, ...], state: _State) -> Translation:
+    accel, accel_source = _accel_mode(state)
+    machine_type = state.machine.pop("type", "pseries")
+    request_fields: dict[str, Any] = {"machine": machine_type, "accel": accel}
+    state.notes.append(f"accelerator: {accel or 'kvm, else tcg'} ({accel_source})")
+
+    for key, value in list(state.machine.items()):
+        where = f"-machine {key}={value}"
+        if key == "cap-hpt-max-page-size":
+            request_fields["max_page_size"] = value
+        elif key == "kvm-type":
+            request_fields["kvm_type"] = value
+        elif key == "memory-backend":
+            pass
+        elif key in IGNORED_MACHINE_KEYS or (key == "resize-hpt" and value != "required") or (
+                key == "ic-mode" and value == "dual"):
+            state.ignored.append(where)
+        elif key.startswith("cap-") and value.lower() in _CAP_OFF_VALUES:
+            state.ignored.append(f"{where} (a capability turned off cannot stop the start)")
+        elif key == "max-cpu-compat":
+            state.cannot.append(f"{where}: CPU compatibility modes are not modelled")
+        elif key.startswith("cap-"):
+            state.cannot.append(f"{where}: only cap-hpt-max-page-size is modelled; this"
+                                " capability is checked against KVM at start too")
+        else:
+            state.cannot.append(f"{where}: not modelled")
+
+    if state.cpu is not None:
+        model, _, features = state.cpu.partition(",")
+        if features:
+            state.cannot.append(f"-cpu {state.cpu}: CPU properties are not modelled")
+        request_fields["cpu"] = model
+
+    if "slots" in state.mem or "maxmem" in state.mem:
+        state.cannot.append(f"-m {state.mem_text}: memory hotplug (slots, maxmem) is not"
+                            " modelled")
+    ram_text = state.mem.get("size")
+    if ram_text is not None:
+        request_fields["memory"] = ram_text
+
+    main_backend = state.machine.get("memory-backend")
+    if main_backend is not None and state.mem_path is not None:
+        raise CommandLineError("'-mem-path' can't be used together with'-machine memory-backend'")
+    if state.numa_legacy_mem:
+        state.cannot.append("-numa node,mem=: legacy NUMA memory is not modelled (and not"
+                            " accepted by pseries-5.1 and later)")
+    mapped: list[tuple[str, _Backend]] = []
+    for memdev in ([main_backend] if main_backend else []) + state.numa_memdevs:
+        backend = state.objects.get(memdev)
+        if backend is None or not backend.qom_type.startswith("memory-backend-"):
+            raise CommandLineError(f"Memory backend '{memdev}' not found" if main_backend ==
+                                   memdev else f"-numa node,memdev={memdev}: memdev={memdev}"
+                                   " is ambiguous")
+        mapped.append((f"memory backend '{memdev}'", backend))
+    kinds: list[tuple[str, str | None]] = [
+        _backend_kind(label, backend, state) for label, backend in mapped
+    ]
+    if main_backend:
+        size = _size_of(state.objects[main_backend])
+        if ram_text is not None and _ram_size(ram_text) != size:
+            raise CommandLineError(
+                "Machine memory size does not match the size of the memory backend"
+            )
+        request_fields["memory"] = f"{size}B" if ram_text is None else ram_text
+    elif state.numa_memdevs:
+        total = sum(_size_of(state.objects[m]) for m in state.numa_memdevs)
+        ram = _ram_size(ram_text) if ram_text is not None else 512 << 20
+        if total != ram:
+            raise CommandLineError(
+                f"total memory for NUMA nodes (0x{total:x}) should equal RAM size (0x{ram:x})"
+            )
+        if state.mem_path is not None:
+            state.notes.append("-mem-path is not used: the NUMA nodes' memdevs are the RAM")
+    else:
+        kinds.append(("file", state.mem_path) if state.mem_path else ("anon", None))
+    for object_id, backend in state.objects.items():
+        used = object_id == main_backend or object_id in state.numa_memdevs
+        if backend.qom_type.startswith("memory-backend-") and not used and not (
+                state.memory_devices):
+            state.ignored.append(f"-object {backend.qom_type},id={object_id} (not mapped as"
+                                 " guest RAM)")
+    if state.mem_prealloc or any(b.props.get("prealloc") in ("on", "true", "yes")
+                                 for _label, b in mapped):
+        state.notes.append("prealloc: QEMU allocates all guest RAM at start, so the hugepage"
+                           " pool must hold it (pool sizes are not part of this check)")
+
+    known = {kind for kind, _path in kinds}
+    if "?" not in known:
+        if known == {"file"}:
+            request_fields["mem_path"] = [path for _kind, path in kinds if path]
+        elif known == {"file", "anon"}:
+            state.cannot.append("guest RAM partly anonymous, partly on a mem-path: the"
+                                " policy's request has no way to say so")
+
+    if state.cannot:
+        return Translation(argv, None, tuple(state.cannot), tuple(state.ignored),
+                           tuple(state.notes))
+    params = {key: value for key, value in request_fields.items() if value is not None}
+    try:
+        # from_params normalises kvm-type as hw/ppc/spapr.c does ("hv", "auto").
+        request = CheckRequest.from_params(params)
+    except UsageError as exc:
+        raise CommandLineError(str(exc)) from None
+    return Translation(argv, request, (), tuple(state.ignored), tuple(state.notes))
+
+
+def _ram_size(text: str) -> int:
+    try:
+        size, _warnings = parse_memory(text)
+    except Exception as exc:  # the policy's own error type is private; its text is QEMU's
+        raise CommandLineError(f"-m {text}: {exc}") from None
+    return size
+
+
+__all__ = [
+    "CommandLineError",
+    "Translation",
+    "parse_keyval",
+    "parse_qemu_opts",
+    "split_command_line",
+    "translate_argv",
+]
