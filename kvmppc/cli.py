@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_policy.register(sub)
     daemon_cli.register(sub)
+    from kvmppc import cli_inputs  # noqa: PLC0415  (issue 11: libvirt-hook, audit)
+
+    cli_inputs.register(sub)
     return parser
 
 

@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
                      help="a saved probe ('kvmppc probe --json') or a shipped profile name,"
                      " instead of probing this host")
     chk.add_argument("--json", action="store_true", help="print JSON")
+    from kvmppc import cli_inputs  # noqa: PLC0415  (issue 11: -- COMMAND-LINE, -, --domain)
+
+    cli_inputs.add_check_arguments(chk)
     chk.set_defaults(func=cmd_check)
 
 
@@ -141,6 +144,10 @@ def _load_probe(host_profile: str | None) -> ProbeResult:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from kvmppc import cli_inputs  # noqa: PLC0415  (issue 11)
+
+    if cli_inputs.wants_inputs(args):
+        return cli_inputs.cmd_check_inputs(args)
     live = not args.host_profile
     params = check_params(args, absolute_paths=live)
     mem_paths = list(params.get("mem_path", []))
