@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,8 @@ def parse_keyval(option: str, text: str, implied_key: str | None) -> dict[str, s
     for index, element in enumerate(_split_commas(text)):
         key, value = _split_key(element)
         if value is None:
+            if element == "":
+                raise _bad(option, text, "Invalid parameter ''")
             if index == 0 and implied_key is not None:
                 key, value = implied_key, element
             else:
@@ -249,6 +252,7 @@ class _State:
     machine: dict[str, str] = field(default_factory=dict)
     machine_texts: list[str] = field(default_factory=list)
     accels: list[dict[str, str]] = field(default_factory=list)
+    accel_texts: list[str] = field(default_factory=list)
     cpu: str | None = None
     mem: dict[str, str] = field(default_factory=dict)
     mem_text: str | None = None
@@ -256,7 +260,7 @@ class _State:
     mem_prealloc: bool = False
     objects: dict[str, _Backend] = field(default_factory=dict)
     numa_memdevs: list[str] = field(default_factory=list)
-    numa_legacy_mem: bool = False
+    numa_legacy_mem: str | None = None
     ignored: list[str] = field(default_factory=list)
     cannot: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -331,6 +335,7 @@ def _read_option(state: _State, name: str, arg: str | None) -> None:
         if "accel" not in props:
             raise _bad(option, arg, "Parameter 'accel' is missing")
         state.accels.append(props)
+        state.accel_texts.append(arg)
     elif name == "cpu":
         assert arg is not None
         if arg.split(",")[0] in ("help", "?"):
@@ -353,6 +358,8 @@ def _read_option(state: _State, name: str, arg: str | None) -> None:
             raise _bad(option, arg, f"attempt to add duplicate property '{object_id}' to"
                        " object (type 'container')")
         state.objects[object_id] = _Backend(qom_type, props, arg)
+        if qom_type.startswith("memory-backend-") and "size" not in props:
+            raise _bad(option, arg, "Parameter 'size' is missing")
         if not qom_type.startswith("memory-backend-"):
             state.ignored.append(f"{option} {qom_type} (not a memory backend)")
     elif name == "numa":
@@ -361,17 +368,20 @@ def _read_option(state: _State, name: str, arg: str | None) -> None:
         kind = props.get("type", "node")
         if kind == "node":
             if "mem" in props:
-                state.numa_legacy_mem = True
+                state.numa_legacy_mem = f"{option} {arg}"
             if "memdev" in props:
                 state.numa_memdevs.append(props["memdev"])
         else:
             state.ignored.append(f"{option} {arg}")
     elif name == "smp":
         assert arg is not None
-        props = parse_qemu_opts(option, arg, "cpus", _SMP_KEYS)
+        props = parse_qemu_opts(option, arg, "cpus")
         for key, value in props.items():
+            # hw/core/machine.c visits SMPConfiguration: QEMU names no option here.
+            if key not in _SMP_KEYS:
+                raise CommandLineError(f"Parameter 'smp.{key}' is unexpected")
             if not value.isdigit():
-                raise _bad(option, arg, f"Parameter 'smp.{key}' expects integer")
+                raise CommandLineError(f"Parameter 'smp.{key}' expects integer")
         state.ignored.append(f"{option} {arg} (vCPU topology: no bearing on page sizes)")
     elif name == "readconfig":
         state.cannot.append(f"-readconfig {arg}: reading QEMU config files is out of scope;"
@@ -433,9 +443,11 @@ def _accel_mode(state: _State) -> tuple[str | None, str]:
         state.notes.append("no accelerator given: QEMU 7.2 uses TCG, where no backing check"
                            " applies (libvirt passes -accel kvm for <domain type='kvm'>)")
         return "tcg", "default"
-    for accel_name in names:
+    for index, accel_name in enumerate(names):
         if accel_name not in ("kvm", "tcg"):
-            raise CommandLineError(f"invalid accelerator {accel_name}")
+            # accel/accel-softmmu.c: -accel names its option, accel= does not.
+            where = f"-accel {state.accel_texts[index]}: " if state.accels else ""
+            raise CommandLineError(f"{where}invalid accelerator {accel_name}")
     if names[0] == "tcg":
         return "tcg", source
     if len(names) > 1 and names[1] == "tcg":
@@ -510,6 +522,8 @@ def _finish(argv: tuple[str, ...], state: _State) -> Translation:
             state.cannot.append(f"-cpu {state.cpu}: CPU properties are not modelled")
         request_fields["cpu"] = model
 
+    if "slots" in state.mem and "maxmem" not in state.mem:
+        raise CommandLineError("slots specified but no max-size")  # softmmu/vl.c
     if "slots" in state.mem or "maxmem" in state.mem:
         state.cannot.append(f"-m {state.mem_text}: memory hotplug (slots, maxmem) is not"
                             " modelled")
@@ -521,8 +535,16 @@ def _finish(argv: tuple[str, ...], state: _State) -> Translation:
     if main_backend is not None and state.mem_path is not None:
         raise CommandLineError("'-mem-path' can't be used together with'-machine memory-backend'")
     if state.numa_legacy_mem:
-        state.cannot.append("-numa node,mem=: legacy NUMA memory is not modelled (and not"
-                            " accepted by pseries-5.1 and later)")
+        version = re.fullmatch(r"pseries-(\d+)\.(\d+)", machine_type)
+        if machine_type == "pseries" or (version and (int(version[1]), int(version[2])) >= (
+                5, 1)):
+            # hw/core/numa.c: pseries-5.1 and later set numa_mem_supported false.
+            raise CommandLineError(
+                f"{state.numa_legacy_mem}: Parameter -numa node,mem is not supported by this"
+                " machine type\nUse -numa node,memdev instead"
+            )
+        state.cannot.append(f"{state.numa_legacy_mem}: legacy NUMA memory (split by QEMU) is"
+                            " not modelled")
     mapped: list[tuple[str, _Backend]] = []
     for memdev in ([main_backend] if main_backend else []) + state.numa_memdevs:
         backend = state.objects.get(memdev)
