@@ -281,12 +281,13 @@ def domain_to_argv(text: str | bytes, host: HostMemory) -> tuple[list[str], dict
             if page is not None:
                 props.update({"hugetlb": True, "hugetlbsize": page, "prealloc": True})
         elif page is not None:
-            props.update({
-                "qom-type": "memory-backend-file",
-                "mem-path": _hugepage_mount(host, page, name),
-                "x-use-canonical-path-for-ramblock-id": False,
-                "prealloc": True,
-            })
+            props.update({"qom-type": "memory-backend-file",
+                          "mem-path": _hugepage_mount(host, page, name)})
+            if cell_id is None:
+                # qemuBuildMemoryBackendProps: main RAM keeps its old RAM block name
+                # (migration compatibility); NUMA cells do not.
+                props["x-use-canonical-path-for-ramblock-id"] = False
+            props["prealloc"] = True
         props["size"] = size
         return json.dumps(props, separators=(",", ":"))
 
