@@ -78,9 +78,10 @@ def _ask_daemon(config: HookConfig, xml: bytes) -> Answer:
 
     with DaemonClient(config.socket, timeout=DAEMON_TIMEOUT_S) as client:
         status, body, _headers = client.request("GET", "/v1/host")
-        if status != 200 or not isinstance(body, dict):
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("probe"),
+                                                                          dict):
             raise KvmppcError(f"the daemon answered GET /v1/host with {status}")
-        probe = ProbeResult.from_dict(body)
+        probe = ProbeResult.from_dict(body["probe"])  # {"probe": ..., "cache": ...}
         translation = translate_domain(xml, host_memory_from_probe(probe),
                                        assume_kvm=config.hook_assume_kvm)
         request = translation.request
