@@ -22,7 +22,7 @@ from typing import Any
 
 from kvmppc.errors import ProfileError, UsageError
 from kvmppc.inputs.answer import EXIT_CANNOT_JUDGE, EXIT_NO, EXIT_USAGE, EXIT_YES, Answer, judge
-from kvmppc.inputs.domain_xml import host_memory_from_probe, translate_domain
+from kvmppc.inputs.domain_xml import LibvirtRefusalError, host_memory_from_probe, translate_domain
 from kvmppc.inputs.qemu_argv import split_command_line, translate_argv
 from kvmppc.policy import format_size, parse_size
 from kvmppc.probe import HugepagePool, HugetlbfsMount, ProbeResult, load_profile
@@ -46,11 +46,12 @@ class Row:
     answer: Answer | None
     error: str | None = None  # the input could not be read / translated
     pool_warning: str | None = None
+    libvirt_refuses: bool = False  # the error is libvirt's own refusal to start it
 
     @property
     def verdict(self) -> str:
         if self.error is not None:
-            return "bad input"
+            return "no" if self.libvirt_refuses else "bad input"
         assert self.answer is not None
         if self.answer.verdict == "yes" and self.pool_warning:
             return "no"
@@ -67,7 +68,7 @@ class Row:
 
     @property
     def change(self) -> str:
-        if self.answer is None:
+        if self.answer is None or self.verdict == "yes":
             return ""
         changes = self.answer.changes
         if self.pool_warning and not changes:
@@ -158,6 +159,8 @@ def audit_guest(guest: Guest, probe: ProbeResult) -> Row:
         else:
             translation = translate_argv(split_command_line(guest.text))
         answer = judge(translation, probe)
+    except LibvirtRefusalError as exc:
+        return Row(guest, None, error=f"libvirt: {exc}", libvirt_refuses=True)
     except UsageError as exc:
         return Row(guest, None, error=str(exc))
     return Row(guest, answer, pool_warning=_pool_warning(answer, probe))

@@ -75,6 +75,10 @@ class DomainXMLError(UsageError):
     """The domain XML is not one kvmppc (or libvirt) can turn into a pseries command line."""
 
 
+class LibvirtRefusalError(DomainXMLError):
+    """libvirt itself would not start this domain on this host (its words)."""
+
+
 @dataclass(frozen=True)
 class HostMemory:
     """What libvirt looks up on the host to place guest RAM: the hugetlbfs mounts with their
@@ -136,11 +140,11 @@ def _hugepage_mount(host: HostMemory, page_size: int, name: str) -> str:
         if size == page_size:
             return f"{path.rstrip('/')}/libvirt/qemu/-1-{name}"
     if not host.hugetlbfs:
-        raise DomainXMLError(
+        raise LibvirtRefusalError(
             "internal error: hugetlbfs filesystem is not mounted or disabled by administrator"
             " config (libvirt's words: mount hugetlbfs, or give hugetlbfs_mount in qemu.conf)"
         )
-    raise DomainXMLError(
+    raise LibvirtRefusalError(
         f"internal error: Unable to find any usable hugetlbfs mount for {page_size // KiB} KiB"
     )
 
@@ -378,6 +382,7 @@ def host_memory_from_probe(probe: ProbeResult) -> HostMemory:
 __all__ = [
     "DomainXMLError",
     "HostMemory",
+    "LibvirtRefusalError",
     "domain_to_argv",
     "host_memory_from_probe",
     "parse_domain",
