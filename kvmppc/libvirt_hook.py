@@ -177,6 +177,10 @@ def run_hook(hook_args: list[str], stdin: BinaryIO, stdout: BinaryIO, stderr: Te
     except KvmppcError as exc:
         print(f"kvmppc: cannot check guest '{guest}': {exc}; letting it start", file=stderr)
         return 0
+    except Exception as exc:  # a kvmppc bug must not stop a guest starting
+        print(f"kvmppc: internal error while checking guest '{guest}':"
+              f" {type(exc).__name__}: {exc}; letting it start", file=stderr)
+        return 0
     if answer.verdict == "no":
         print(refusal_message(guest, answer, where), file=stderr)
         return 1

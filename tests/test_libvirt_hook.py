@@ -103,6 +103,18 @@ def test_unreadable_domains_are_let_through(xml: bytes, words: str, tmp_path: Pa
     assert words in err and "letting it start" in err
 
 
+def test_a_kvmppc_bug_never_blocks_a_start(tmp_path: Path) -> None:
+    def broken_probe(_name: str | None) -> object:
+        raise RuntimeError("boom")
+
+    out, err = io.BytesIO(), io.StringIO()
+    code = run_hook(["g1", "prepare", "begin", "-"], io.BytesIO(domain(16384)), out, err,
+                    config_loader=lambda: direct(tmp_path),
+                    load=broken_probe)  # type: ignore[arg-type]
+    assert code == 0
+    assert "internal error" in err.getvalue() and "RuntimeError: boom" in err.getvalue()
+
+
 def test_cannot_judge_lets_the_guest_start_and_says_why(tmp_path: Path) -> None:
     xml = domain(64).replace(b"<features>", b"<cpu mode='host-model'><model>power8</model>"
                              b"</cpu><features>")
