@@ -148,6 +148,16 @@ OWN_DOCS = {
       <maxMemory slots='4' unit='GiB'>8</maxMemory><vcpu>1</vcpu>
       <os><type arch='ppc64' machine='pseries'>hvm</type></os>
       <cpu><numa><cell id='0' cpus='0' memory='2' unit='GiB'/></numa></cpu></domain>""",
+    "numa-odd-sizes": """<domain type='qemu'><name>n4</name><memory unit='MiB'>1500</memory>
+      <vcpu>2</vcpu><os><type arch='ppc64' machine='pseries'>hvm</type></os>
+      <cpu><numa><cell id='0' cpus='0' memory='1000' unit='MiB'/>
+      <cell id='1' cpus='1' memory='500' unit='MiB'/></numa></cpu></domain>""",
+    "memfd-hugepages": """<domain type='qemu'><name>f1</name><memory unit='GiB'>1</memory>
+      <memoryBacking><source type='memfd'/><hugepages><page size='2048'/></hugepages>
+      </memoryBacking><os><type arch='ppc64' machine='pseries'>hvm</type></os></domain>""",
+    "memfd": """<domain type='qemu'><name>f2</name><memory unit='GiB'>1</memory>
+      <memoryBacking><source type='memfd'/></memoryBacking>
+      <os><type arch='ppc64' machine='pseries'>hvm</type></os></domain>""",
     "units-and-resize": """<domain type='qemu'><name>u1</name>
       <memory unit='bytes'>300000000</memory>
       <os><type arch='ppc64' machine='pseries-4.2'>hvm</type></os>

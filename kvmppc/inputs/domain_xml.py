@@ -234,7 +234,10 @@ def domain_to_argv(text: str | bytes, host: HostMemory) -> tuple[list[str], dict
                                         "<numa><cell memory>")))
     total_kib = _div_up(_scaled(memory_el, "<memory>"), KiB)
     if cells:
-        cells = [replace(c, memory=_div_up(c.memory, KiB) * KiB) for c in cells]
+        # qemuDomainAlignMemorySizes: on ppc64 each NUMA cell is rounded up to 256 MiB, and
+        # the total is their sum.
+        cells = [replace(c, memory=_div_up(_div_up(c.memory, KiB), MEMORY_ALIGN_KIB)
+                         * MEMORY_ALIGN_KIB * KiB) for c in cells]
         total_kib = sum(c.memory for c in cells) // KiB
     memory_kib = _div_up(total_kib, MEMORY_ALIGN_KIB) * MEMORY_ALIGN_KIB if not cells else (
         total_kib)
@@ -283,14 +286,15 @@ def domain_to_argv(text: str | bytes, host: HostMemory) -> tuple[list[str], dict
         if memfd:
             props["qom-type"] = "memory-backend-memfd"
             if page is not None:
-                props.update({"hugetlb": True, "hugetlbsize": page, "prealloc": True})
+                props.update({"hugetlb": True, "hugetlbsize": page})
         elif page is not None:
             props.update({"qom-type": "memory-backend-file",
                           "mem-path": _hugepage_mount(host, page, name)})
-            if cell_id is None:
-                # qemuBuildMemoryBackendProps: main RAM keeps its old RAM block name
-                # (migration compatibility); NUMA cells do not.
-                props["x-use-canonical-path-for-ramblock-id"] = False
+        if cell_id is None and props["qom-type"] != "memory-backend-ram":
+            # qemuBuildMemoryBackendProps: main RAM in a file or memfd keeps its old RAM
+            # block name (migration compatibility); NUMA cells do not.
+            props["x-use-canonical-path-for-ramblock-id"] = False
+        if page is not None:
             props["prealloc"] = True
         props["size"] = size
         return json.dumps(props, separators=(",", ":"))
