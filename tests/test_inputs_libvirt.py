@@ -309,3 +309,24 @@ def test_any_text_gives_a_translation_or_a_usage_error(pieces: list[str]) -> Non
         translate_domain("".join(pieces), HOST)
     except UsageError as exc:
         assert str(exc)
+
+
+def test_check_domain_command(tmp_path: Path) -> None:
+    import subprocess as sp  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    xml = domain(extra="<features><hpt><maxpagesize unit='MiB'>16</maxpagesize></hpt>"
+                       "</features>")
+    run = sp.run([sys.executable, "-m", "kvmppc", "check", "--host-profile", "power9-radix-hv",
+                  "--domain", "-"], input=xml, capture_output=True, text=True, timeout=60,
+                 check=False)
+    assert run.returncode == 1, run.stderr
+    assert run.stdout.startswith("libvirt domain 'g', as QEMU's command line:")
+    assert ("qemu-system-ppc64: Can't support 16384 kiB guest pages with 64 kiB host pages with"
+            " this KVM implementation") in run.stdout
+    (tmp_path / "d.xml").write_text(domain(machine="q35"))
+    run = sp.run([sys.executable, "-m", "kvmppc", "check", "--domain", str(tmp_path / "d.xml"),
+                  "--host-profile", "power9-radix-hv"], capture_output=True, text=True,
+                 timeout=60, check=False)
+    assert run.returncode == 2
+    assert "not a pseries guest" in run.stderr
