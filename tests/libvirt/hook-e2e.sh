@@ -11,6 +11,10 @@ set -u
 work=$1; kvmppc=$2
 pids=()
 cleanup() {
+  # Guests first: QEMU outlives libvirtd (it is not libvirtd's child once started).
+  for name in kvmppc-bad kvmppc-good; do
+    timeout 20 virsh -q -c qemu:///system destroy "$name" >/dev/null 2>&1
+  done
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -65,6 +69,5 @@ $virsh start kvmppc-good 2>&1; echo "rc=$?"
 echo "== state"
 $virsh domstate kvmppc-bad 2>&1
 $virsh domstate kvmppc-good 2>&1
-$virsh destroy kvmppc-good >/dev/null 2>&1
 echo "== hook calls"
 cat "$work/hooklog/calls"
