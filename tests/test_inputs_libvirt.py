@@ -72,8 +72,10 @@ def virsh_native(root: Path, xml: str, tmp_path: Path) -> list[str]:
         mounts = "; ".join(
             f"mkdir -p {path} && mount -t hugetlbfs -o pagesize={size // KiB}k none {path}"
             for path, size in MOUNTS)
+        # mkdir is seen outside the namespace: the mount points are removed afterwards.
+        unmount = "; ".join(f"umount {path}; rmdir {path}" for path, _size in MOUNTS)
         command = ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
-                   f"{mounts}; exec {virsh}"]
+                   f"{mounts}; rc=0; {virsh} || rc=$?; {unmount}; exit $rc"]
     elif "hugepages" in xml:
         pytest.skip("hugetlbfs mounts need root and unshare (a private mount namespace)")
     else:
