@@ -5,6 +5,10 @@ The main CLI (kvmppc/cli.py) calls :func:`register` with its subparsers.  Each c
 would not start the guest, 2 bad arguments.  I/O lives here, not in :mod:`kvmppc.policy`: the
 live probe, and statfs of each ``--mem-path`` the way QEMU's ``qemu_mempath_getpagesize``
 does it.
+
+Registering the commands imports nothing but argparse; a command imports the policy when it
+runs, and the kernel door (:mod:`kvmppc._kvm`, the compiled cffi module) only when it looks
+at this host rather than a saved profile.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvmppc import _kvm  # the one door to the kernel: statfs for --mem-path
-from kvmppc import probe as probe_module
 from kvmppc.errors import ProfileError, UsageError
-from kvmppc.policy import Backing, CheckRequest, check, pagesizes
-from kvmppc.probe import ProbeResult
+
+if TYPE_CHECKING:
+    from kvmppc.model import ProbeResult
+    from kvmppc.policy import Backing
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -101,26 +105,37 @@ def _fail_usage(message: str) -> int:
 
 
 def cmd_pagesizes(args: argparse.Namespace) -> int:
+    from kvmppc.policy import QemuRefusalError, pagesizes  # noqa: PLC0415 - see the docstring
+    from kvmppc.render import page_sizes_json, render_page_sizes  # noqa: PLC0415 - same
+
     try:
         result = pagesizes(args.cpu, args.machine, args.max_page_size)
-    except UsageError as exc:
+    except QemuRefusalError as exc:
         return _fail_usage(str(exc))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(page_sizes_json(result), indent=2))
     else:
-        print(result.render())
+        print(render_page_sizes(result))
     return EXIT_OK
 
 
 def live_backing(
     probe: ProbeResult,
     mem_path: str,
-    statfs: Callable[[str], tuple[int, int]] = _kvm.statfs_type_and_block_size,
-    hugetlbfs_magic: int = _kvm.HUGETLBFS_MAGIC,
+    statfs: Callable[[str], tuple[int, int]] | None = None,
+    hugetlbfs_magic: int | None = None,
 ) -> Backing:
     """``qemu_mempath_getpagesize(mem_path)`` on this host: statfs ``f_bsize`` on hugetlbfs,
     else the base page size.  QEMU exits with "Couldn't statfs() memory path" when statfs
-    fails; that becomes the backing's error."""
+    fails; that becomes the backing's error.  ``statfs`` and ``hugetlbfs_magic`` default to
+    the kernel door's."""
+    from kvmppc.policy import Backing  # noqa: PLC0415 - see the docstring
+
+    if statfs is None or hugetlbfs_magic is None:
+        from kvmppc import _kvm  # noqa: PLC0415 - the one door to the kernel: statfs
+
+        statfs = statfs or _kvm.statfs_type_and_block_size
+        hugetlbfs_magic = _kvm.HUGETLBFS_MAGIC if hugetlbfs_magic is None else hugetlbfs_magic
     path = os.path.abspath(mem_path)
     try:
         f_type, f_bsize = statfs(path)
@@ -136,11 +151,18 @@ def live_backing(
 
 def _load_probe(host_profile: str | None) -> ProbeResult:
     if host_profile:
-        return probe_module.load_profile(host_profile)
-    return probe_module.probe()
+        from kvmppc.profiles import load_profile  # noqa: PLC0415 - see the docstring
+
+        return load_profile(host_profile)
+    from kvmppc.probe import probe  # noqa: PLC0415 - see the docstring: loads the cffi module
+
+    return probe()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from kvmppc.policy import CheckRequest, check  # noqa: PLC0415 - see the docstring
+    from kvmppc.render import check_json, render_check  # noqa: PLC0415 - same
+
     live = not args.host_profile
     params = check_params(args, absolute_paths=live)
     mem_paths = list(params.get("mem_path", []))
@@ -152,7 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except (UsageError, ProfileError) as exc:
         return _fail_usage(str(exc))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(check_json(result), indent=2))
     else:
-        print(result.render())
+        print(render_check(result))
     return EXIT_OK if result.ok else EXIT_NO

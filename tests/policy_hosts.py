@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kvmppc.model import PageSize, SegmentPageSizes, SmmuInfo, SmmuSource
-from kvmppc.probe import (
+from kvmppc.model import (
     HostInfo,
     HugepageInfo,
     HugepagePool,
     HugetlbfsMount,
     KvmInfo,
+    PageSize,
     ProbeResult,
+    SegmentPageSizes,
+    SmmuInfo,
+    SmmuSource,
     VmTypeInfo,
 )
 

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from kvmppc.probe import ProbeResult
+from kvmppc.model import ProbeResult
 from tests.daemon_support import (
     REPO,
     fd_count,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmppc.policy.check import QUERY_KEYS
+from kvmppc.policy.request import QUERY_KEYS
 from tests.daemon_support import Daemon, read_response, run_daemon
 
 FUZZ = settings(max_examples=300, deadline=None,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from kvmppc.model import ProbeResult
 from kvmppc.policy import CheckRequest, check
-from kvmppc.probe import ProbeResult
 from tests.powerguest.harness import GuestRun
 from tests.test_powerguest import comparable, ok
 

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from kvmppc.errors import UsageError
 from kvmppc.model import PageSize, SegmentPageSizes
-from kvmppc.policy import parse_max_page_size, parse_size
+from kvmppc.policy import QemuRefusalError, parse_max_page_size, parse_size
 from kvmppc.policy.hash64 import (
     HASH64_BASIC,
     HASH64_POWER7,
@@ -115,14 +114,14 @@ def test_powers_of_two_give_their_shift(shift: int) -> None:
 @given(st.integers(0, LIMIT - 1))
 def test_non_powers_of_two_refused(value: int) -> None:
     assume(value & (value - 1) or value == 0)
-    with pytest.raises(UsageError, match="cap-hpt-max-page-size must be a power of 2"):
+    with pytest.raises(QemuRefusalError, match="cap-hpt-max-page-size must be a power of 2"):
         parse_max_page_size(str(value))
 
 
 def test_parse_size_message() -> None:
     """parse_size: bytes, or QEMU's own refusal."""
     assert parse_size("16M") == 16 << 20
-    with pytest.raises(UsageError, match=r"^Parameter 'cap-hpt-max-page-size' expects size$"):
+    with pytest.raises(QemuRefusalError, match=r"^Parameter 'cap-hpt-max-page-size' expects size$"):
         parse_size("16 M")
 
 

@@ -14,18 +14,17 @@ from kvmppc import _kvm
 from kvmppc import probe as probe_mod
 from kvmppc.cli import main as cli_main
 from kvmppc.errors import ProfileError
-from kvmppc.model import PageSize, SegmentPageSizes, SmmuSource
-from kvmppc.probe import (
+from kvmppc.model import (
+    SCHEMA_VERSION,
     HugepagePool,
     HugetlbfsMount,
-    ProbePaths,
+    PageSize,
     ProbeResult,
-    fallback_smmu_info,
-    load_profile,
-    parse_cpuinfo,
-    probe,
-    shipped_profiles,
+    SegmentPageSizes,
+    SmmuSource,
 )
+from kvmppc.probe import ProbePaths, fallback_smmu_info, parse_cpuinfo, probe
+from kvmppc.profiles import load_profile, shipped_profiles
 
 # /proc/cpuinfo as a POWER9 PowerNV host prints it (arch/powerpc/kernel/setup-common.c).
 POWER9_CPUINFO = """\
@@ -190,7 +189,7 @@ def test_cli_probe_here_exits_0_and_explains(capsys: pytest.CaptureFixture[str])
 def test_cli_probe_json_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["probe", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["schema_version"] == probe_mod.SCHEMA_VERSION
+    assert data["schema_version"] == SCHEMA_VERSION
     again = ProbeResult.from_dict(data)
     assert json.loads(again.to_json()) == data
 
