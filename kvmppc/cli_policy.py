@@ -14,7 +14,6 @@ at this host rather than a saved profile.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -105,6 +104,8 @@ def _fail_usage(message: str) -> int:
 
 
 def cmd_pagesizes(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415 - see the docstring
+
     from kvmppc.policy import QemuRefusalError, pagesizes  # noqa: PLC0415 - see the docstring
     from kvmppc.render import page_sizes_json, render_page_sizes  # noqa: PLC0415 - same
 
@@ -160,6 +161,8 @@ def _load_probe(host_profile: str | None) -> ProbeResult:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415 - same
+
     from kvmppc.policy import CheckRequest, check  # noqa: PLC0415 - see the docstring
     from kvmppc.render import check_json, render_check  # noqa: PLC0415 - same
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
@@ -356,6 +357,12 @@ def from_jsonable(cls: Any, data: Any) -> Any:
     return _decode(cls, data, "$")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # Resolving the string annotations is most of the cost of reading a profile: once a class.
+    return typing.get_type_hints(cls)
+
+
 def _decode(tp: Any, data: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -390,7 +397,7 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
-        hints = typing.get_type_hints(tp)
+        hints = _type_hints(tp)
         names = set(tp.__dataclass_fields__)
         unknown = set(data) - names
         if unknown:

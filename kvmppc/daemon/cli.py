@@ -7,13 +7,12 @@ Registering imports neither the server (asyncio, prometheus_client) nor the clie
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 from kvmppc.cli_policy import add_check_arguments, check_params
-from kvmppc.daemon.config import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET
+from kvmppc.daemon.defaults import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,6 +115,12 @@ def _ask(args: argparse.Namespace, method: str, path: str,
         return client.request(method, path, params, accept=accept)
 
 
+def _print_json(body: Any) -> None:
+    import json  # noqa: PLC0415 - see the docstring
+
+    print(json.dumps(body, indent=2))
+
+
 def _cache_line(meta: Any) -> str:
     from kvmppc.render import cache_line  # noqa: PLC0415 - see the docstring
 
@@ -133,7 +138,7 @@ def _cmd_query_host(args: argparse.Namespace) -> int:
     if status != 200:
         return _error(status, body)
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
     else:
         from kvmppc.model import ProbeResult  # noqa: PLC0415 - see the docstring
         from kvmppc.render import render_probe  # noqa: PLC0415 - same
@@ -153,7 +158,7 @@ def _cmd_query_check(args: argparse.Namespace) -> int:
     if status != 200:
         return _error(status, body)
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
         return 0 if body["ok"] else 1
     print(body, end="")
     return 0 if headers.get("kvmppc-answer") == "yes" else 1
@@ -165,7 +170,7 @@ def _cmd_query_health(args: argparse.Namespace) -> int:
     if status != 200:
         return _error(status, body)
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
     else:
         print(f"{body['status']}; {body['probes']} probes, {body['probe_failures']} failed;"
               f" up {body['uptime_s']:.0f} s")
@@ -179,7 +184,7 @@ def _cmd_query_refresh(args: argparse.Namespace) -> int:
     """Exit 0 when the new probe succeeded, 1 when it failed (the old answer stays)."""
     status, body, _headers = _ask(args, "POST", "/v1/refresh")
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
     elif status in (200, 503):
         print(_cache_line(body["cache"]))
     else:

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 
 from kvmppc.errors import ProfileError
 from kvmppc.model import ProbeResult
 
+# The profiles are package data beside this file (a wheel installs them as files);
+# importlib.resources would find them too, at the cost of importing its readers.
+_SHIPPED = Path(__file__).parent
+
 
 def shipped_profiles() -> list[str]:
     """Names of the host profiles shipped in ``kvmppc/profiles`` (real kernels' answers)."""
-    return sorted(
-        entry.name.removesuffix(".json")
-        for entry in resources.files("kvmppc.profiles").iterdir()
-        if entry.name.endswith(".json")
-    )
+    return sorted(entry.stem for entry in _SHIPPED.glob("*.json"))
 
 
 def load_profile(name_or_path: str) -> ProbeResult:
@@ -32,9 +31,7 @@ def load_profile(name_or_path: str) -> ProbeResult:
         text = path.read_text(encoding="utf-8")
         label = str(path)
     elif "/" not in name_or_path and name_or_path in shipped_profiles():
-        text = (resources.files("kvmppc.profiles") / f"{name_or_path}.json").read_text(
-            encoding="utf-8"
-        )
+        text = (_SHIPPED / f"{name_or_path}.json").read_text(encoding="utf-8")
         label = name_or_path
     else:
         raise ProfileError(
