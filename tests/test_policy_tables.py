@@ -37,13 +37,9 @@ from kvmppc.policy import (
 )
 from kvmppc.profiles import load_profile
 from kvmppc.render import check_json, page_sizes_json, qemu_args, render_check
+from tests.helpers import cant
 
 CI = "KVM can't supply 64kiB CI pages, which guest expects"
-
-
-def cant(guest_kib: int, host_kib: int) -> str:
-    return (f"Can't support {guest_kib} kiB guest pages with {host_kib} kiB host pages with"
-            " this KVM implementation")
 
 
 def errors(probe, **request):  # type: ignore[no-untyped-def]

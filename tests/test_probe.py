@@ -25,6 +25,7 @@ from kvmppc.model import (
 )
 from kvmppc.probe import ProbePaths, fallback_smmu_info, parse_cpuinfo, probe
 from kvmppc.profiles import load_profile, shipped_profiles
+from tests.helpers import needs_kvm
 
 # /proc/cpuinfo as a POWER9 PowerNV host prints it (arch/powerpc/kernel/setup-common.c).
 POWER9_CPUINFO = """\
@@ -148,10 +149,6 @@ def test_real_hugetlbfs_mount_page_size_comes_from_statfs(tmp_path: Path) -> Non
         assert found == (HugetlbfsMount(str(mountpoint), pagesize.page_size, "statfs"),)
     finally:
         subprocess.run(["umount", str(mountpoint)], check=False)
-
-
-needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
-                               reason="/dev/kvm is missing or not accessible here")
 
 
 @needs_kvm
