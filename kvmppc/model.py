@@ -7,8 +7,8 @@ follow the kernel's UAPI (``include/uapi/linux/kvm.h``, powerpc's ``asm/kvm.h``)
 :class:`ProbeResult` serialises to the host-profile JSON (``schema_version``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: reading a host profile resolves every
+# field's type (from_jsonable), and string annotations would be compiled anew at each run.
 import dataclasses
 import enum
 import functools
@@ -291,7 +291,7 @@ class ProbeResult:
         return json.dumps(jsonable(self), indent=indent, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProbeResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> "ProbeResult":
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ProfileError(

@@ -25,6 +25,7 @@ where 7.2 users see "Can't support 64 kiB guest pages with 4 kiB host pages".
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,14 @@ from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE, parse_max_page_size, parse_m
 from kvmppc.policy.cmdline import parse_warnings as cap_parse_warnings
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT, MSG_BELOW_4K, MSG_BELOW_64K, PageSizes
 from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
-from kvmppc.policy.machines import CpuModel, Isa, MachineType, lookup_cpu, lookup_machine
+from kvmppc.policy.machines import (
+    CpuModel,
+    Hash64Table,
+    Isa,
+    MachineType,
+    lookup_cpu,
+    lookup_machine,
+)
 from kvmppc.policy.mmu import (
     MiB,
     kvm_check_mmu,
@@ -419,8 +427,17 @@ def page_size_refusals(shift: int, cpu: CpuModel, smmu: SmmuInfo | None, *, kvm:
         if message:
             found.append(QemuRefusalError(K.BACKING, message))
     if kvm and smmu is not None:
-        try:
-            kvm_check_mmu(filter_for_cap(HASH64_TABLES[cpu.hash64], shift), smmu, host_page_size)
-        except QemuRefusalError as refusal:
+        refusal = _kvm_check_mmu_refusal(cpu.hash64, shift, smmu, host_page_size)
+        if refusal is not None:
             found.append(refusal)
     return found
+
+
+@functools.lru_cache(maxsize=256)  # the advice asks it for each shift and each backing
+def _kvm_check_mmu_refusal(hash64: Hash64Table, shift: int, smmu: SmmuInfo,
+                           host_page_size: int) -> QemuRefusalError | None:
+    try:
+        kvm_check_mmu(filter_for_cap(HASH64_TABLES[hash64], shift), smmu, host_page_size)
+    except QemuRefusalError as refusal:
+        return refusal
+    return None

@@ -30,7 +30,7 @@ def load_profile(name_or_path: str) -> ProbeResult:
     if path.is_file():
         text = path.read_text(encoding="utf-8")
         label = str(path)
-    elif "/" not in name_or_path and name_or_path in shipped_profiles():
+    elif "/" not in name_or_path and (_SHIPPED / f"{name_or_path}.json").is_file():
         text = (_SHIPPED / f"{name_or_path}.json").read_text(encoding="utf-8")
         label = name_or_path
     else:
