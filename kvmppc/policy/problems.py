@@ -4,9 +4,8 @@ QEMU reports a refusal through an ``Error **errp`` and stops (``error_setg`` the
 in hw/ppc/spapr.c and friends); kvmppc raises :class:`QemuRefusalError` with QEMU's words and
 what kind of refusal it is.  The replay (:mod:`kvmppc.policy.startup`) catches each one and
 records it in a :class:`ProblemLog`, then carries on where the later checks can still be
-judged.  Warnings (``warn_report``) are recorded the same way.  Everything downstream — the
-advice, the rendering, the daemon's metrics — tells problems apart by :class:`ProblemKind`,
-never by their text.
+judged.  Warnings (``warn_report``) are recorded the same way.  What comes after — the
+advice, the rendering — tells problems apart by :class:`ProblemKind`, never by their text.
 """
 
 from __future__ import annotations
