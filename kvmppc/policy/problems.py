@@ -99,9 +99,5 @@ class ProblemLog:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    @property
-    def error_kinds(self) -> frozenset[ProblemKind]:
-        return frozenset(problem.kind for problem in self.errors)
-
     def _next(self) -> int:
         return len(self.errors) + len(self.warnings)
