@@ -24,8 +24,9 @@ from kvmppc.errors import ProfileError, UsageError
 from kvmppc.inputs.answer import EXIT_CANNOT_JUDGE, EXIT_NO, EXIT_USAGE, EXIT_YES, Answer, judge
 from kvmppc.inputs.domain_xml import LibvirtRefusalError, host_memory_from_probe, translate_domain
 from kvmppc.inputs.qemu_argv import split_command_line, translate_argv
-from kvmppc.policy import format_size, parse_size
-from kvmppc.probe import HugepagePool, HugetlbfsMount, ProbeResult, load_profile
+from kvmppc.model import HugepagePool, HugetlbfsMount, ProbeResult
+from kvmppc.policy import QemuRefusalError, format_size, parse_size
+from kvmppc.profiles import load_profile
 
 LIBVIRT_QEMU_DIR = "/etc/libvirt/qemu"
 WHAT_IF_KEYS = ("base-page-size", "host-profile", "hugepages")
@@ -128,7 +129,7 @@ def what_if_host(probe: ProbeResult, what_ifs: list[str],
 def _size(item: str, text: str) -> int:
     try:
         return parse_size(text)
-    except UsageError:
+    except QemuRefusalError:
         raise UsageError(f"--what-if {item!r}: {text!r} is not a size") from None
 
 
@@ -198,7 +199,7 @@ def _table(title: str, rows: list[Row]) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from kvmppc.cli_inputs import load_probe  # noqa: PLC0415
+    from kvmppc.host import load_probe  # noqa: PLC0415
 
     try:
         guests = collect_guests(args)

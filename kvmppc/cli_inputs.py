@@ -14,12 +14,10 @@ import json
 import sys
 from typing import Any
 
-from kvmppc import probe as probe_module
 from kvmppc.errors import ProfileError, UsageError
-from kvmppc.inputs.answer import EXIT_USAGE, judge
-from kvmppc.inputs.domain_xml import host_memory_from_probe, translate_domain
-from kvmppc.inputs.qemu_argv import split_command_line, translate_argv
-from kvmppc.probe import ProbeResult
+
+EXIT_USAGE = 2  # as kvmppc.inputs.answer.EXIT_USAGE; registering the commands imports no more
+LIBVIRT_QEMU_DIR = "/etc/libvirt/qemu"  # where libvirt keeps its domains' XML (audit's default)
 
 # The guest-describing flags of 'kvmppc check'; none of them may be combined with a command
 # line or a domain (the command line says it all).
@@ -64,11 +62,13 @@ def _read(path: str) -> str:
         raise UsageError(f"{path} is not UTF-8 text: {exc}") from None
 
 
-def load_probe(host_profile: str | None) -> ProbeResult:
-    return probe_module.load_profile(host_profile) if host_profile else probe_module.probe()
-
-
 def cmd_check_inputs(args: argparse.Namespace) -> int:
+    # The commands import their machinery when they run (see kvmppc/cli.py's docstring).
+    from kvmppc.host import live_backing, load_probe  # noqa: PLC0415
+    from kvmppc.inputs.answer import judge  # noqa: PLC0415
+    from kvmppc.inputs.domain_xml import host_memory_from_probe, translate_domain  # noqa: PLC0415
+    from kvmppc.inputs.qemu_argv import split_command_line, translate_argv  # noqa: PLC0415
+
     given = [key for key, default in _FLAG_DEFAULTS.items()
              if getattr(args, key, default) != default]
     if given:
@@ -92,8 +92,6 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
             request = translation.request
             if live and request is not None and request.mem_paths:
                 # As 'kvmppc check --mem-path' does: statfs each path, as QEMU will.
-                from kvmppc.cli_policy import live_backing  # noqa: PLC0415
-
                 backings = [live_backing(probe, path) for path in request.mem_paths]
         answer = judge(translation, probe, backings)
     except (UsageError, ProfileError) as exc:
@@ -107,8 +105,6 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``libvirt-hook`` and ``audit``."""
-    from kvmppc import audit, libvirt_hook  # noqa: PLC0415
-
     hook = subparsers.add_parser(
         "libvirt-hook",
         help="libvirt's qemu hook: refuse to start a guest QEMU would refuse",
@@ -122,7 +118,7 @@ def register(subparsers: Any) -> None:
     )
     hook.add_argument("hook_args", nargs="*", metavar="ARG",
                       help="GUEST OPERATION SUBOPERATION EXTRA, as libvirt passes them")
-    hook.set_defaults(func=libvirt_hook.cmd_libvirt_hook)
+    hook.set_defaults(func=_cmd_libvirt_hook)
 
     aud = subparsers.add_parser(
         "audit",
@@ -137,7 +133,7 @@ def register(subparsers: Any) -> None:
                      help="a libvirt domain XML file (repeatable)")
     aud.add_argument("--qemu-cmdline-file", metavar="FILE", action="append", default=[],
                      help="a file holding one QEMU command line (repeatable)")
-    aud.add_argument("--libvirt-dir", metavar="DIR", default=audit.LIBVIRT_QEMU_DIR,
+    aud.add_argument("--libvirt-dir", metavar="DIR", default=LIBVIRT_QEMU_DIR,
                      help="where libvirt keeps the domains' XML when neither --domain nor"
                      " --qemu-cmdline-file is given (default %(default)s)")
     aud.add_argument("--what-if", metavar="KEY=VALUE", action="append", default=[],
@@ -147,4 +143,16 @@ def register(subparsers: Any) -> None:
     aud.add_argument("--host-profile", metavar="NAME|FILE",
                      help="a saved probe or shipped profile instead of probing this host")
     aud.add_argument("--json", action="store_true", help="print JSON")
-    aud.set_defaults(func=audit.cmd_audit)
+    aud.set_defaults(func=_cmd_audit)
+
+
+def _cmd_libvirt_hook(args: argparse.Namespace) -> int:
+    from kvmppc.libvirt_hook import cmd_libvirt_hook  # noqa: PLC0415 - see cmd_check_inputs
+
+    return cmd_libvirt_hook(args)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from kvmppc.audit import cmd_audit  # noqa: PLC0415 - see cmd_check_inputs
+
+    return cmd_audit(args)

@@ -5,22 +5,25 @@ The main CLI (kvmppc/cli.py) calls :func:`register` with its subparsers.  Each c
 would not start the guest, 2 bad arguments.  I/O lives here, not in :mod:`kvmppc.policy`: the
 live probe, and statfs of each ``--mem-path`` the way QEMU's ``qemu_mempath_getpagesize``
 does it.
+
+Registering the commands imports nothing but argparse; a command imports the policy when it
+runs, and the kernel door (:mod:`kvmppc._kvm`, the compiled cffi module) only when it looks
+at this host rather than a saved profile.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvmppc import _kvm  # the one door to the kernel: statfs for --mem-path
-from kvmppc import probe as probe_module
+from kvmppc import cli_inputs
 from kvmppc.errors import ProfileError, UsageError
-from kvmppc.policy import Backing, CheckRequest, check, pagesizes
-from kvmppc.probe import ProbeResult
+from kvmppc.host import live_backing, load_probe
+
+if TYPE_CHECKING:
+    pass
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -58,8 +61,6 @@ def register(subparsers: Any) -> None:
                      help="a saved probe ('kvmppc probe --json') or a shipped profile name,"
                      " instead of probing this host")
     chk.add_argument("--json", action="store_true", help="print JSON")
-    from kvmppc import cli_inputs  # noqa: PLC0415  (issue 11: -- COMMAND-LINE, -, --domain)
-
     cli_inputs.add_check_arguments(chk)
     chk.set_defaults(func=cmd_check)
 
@@ -104,62 +105,42 @@ def _fail_usage(message: str) -> int:
 
 
 def cmd_pagesizes(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415 - see the docstring
+
+    from kvmppc.policy import QemuRefusalError, pagesizes  # noqa: PLC0415 - see the docstring
+    from kvmppc.render import page_sizes_json, render_page_sizes  # noqa: PLC0415 - same
+
     try:
         result = pagesizes(args.cpu, args.machine, args.max_page_size)
-    except UsageError as exc:
+    except QemuRefusalError as exc:
         return _fail_usage(str(exc))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(page_sizes_json(result), indent=2))
     else:
-        print(result.render())
+        print(render_page_sizes(result))
     return EXIT_OK
 
 
-def live_backing(
-    probe: ProbeResult,
-    mem_path: str,
-    statfs: Callable[[str], tuple[int, int]] = _kvm.statfs_type_and_block_size,
-    hugetlbfs_magic: int = _kvm.HUGETLBFS_MAGIC,
-) -> Backing:
-    """``qemu_mempath_getpagesize(mem_path)`` on this host: statfs ``f_bsize`` on hugetlbfs,
-    else the base page size.  QEMU exits with "Couldn't statfs() memory path" when statfs
-    fails; that becomes the backing's error."""
-    path = os.path.abspath(mem_path)
-    try:
-        f_type, f_bsize = statfs(path)
-    except OSError as exc:
-        return Backing(
-            path, probe.host.base_page_size, "statfs",
-            error=f"Couldn't statfs() memory path: {os.strerror(exc.errno or 0)}",
-        )
-    if f_type == hugetlbfs_magic:
-        return Backing(path, f_bsize, "statfs", path)
-    return Backing(path, probe.host.base_page_size, "statfs")
-
-
-def _load_probe(host_profile: str | None) -> ProbeResult:
-    if host_profile:
-        return probe_module.load_profile(host_profile)
-    return probe_module.probe()
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    from kvmppc import cli_inputs  # noqa: PLC0415  (issue 11)
-
-    if cli_inputs.wants_inputs(args):
+    if args.qemu_argv or args.domain:  # a QEMU command line or a libvirt domain (kvmppc.inputs)
         return cli_inputs.cmd_check_inputs(args)
+    import json  # noqa: PLC0415 - same
+
+    from kvmppc.policy import CheckRequest, check  # noqa: PLC0415 - see the docstring
+    from kvmppc.render import check_json, render_check  # noqa: PLC0415 - same
+
     live = not args.host_profile
     params = check_params(args, absolute_paths=live)
     mem_paths = list(params.get("mem_path", []))
     try:
         request = CheckRequest.from_params(params)
-        probe = _load_probe(args.host_profile)
+        probe = load_probe(args.host_profile)
         backings = [live_backing(probe, p) for p in mem_paths] if live and mem_paths else None
         result = check(probe, request, backings)
     except (UsageError, ProfileError) as exc:
         return _fail_usage(str(exc))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(check_json(result), indent=2))
     else:
-        print(result.render())
+        print(render_check(result))
     return EXIT_OK if result.ok else EXIT_NO

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, TextIO
 from kvmppc.errors import KvmppcError, UsageError
 from kvmppc.inputs.answer import Answer, judge
 from kvmppc.inputs.domain_xml import host_memory_from_probe, translate_domain
-from kvmppc.probe import ProbeResult
+from kvmppc.model import ProbeResult
 
 DEFAULT_CONFIG_FILE = "/etc/kvmppc/kvmppc.conf"
 DEFAULT_SOCKET = "/run/kvmppc/kvmppc.sock"
@@ -161,7 +161,7 @@ def run_hook(hook_args: list[str], stdin: BinaryIO, stdout: BinaryIO, stderr: Te
         print(f"kvmppc: {exc}; not checking guest '{guest}'", file=stderr)
         return 0
     if load is None:
-        from kvmppc.cli_inputs import load_probe  # noqa: PLC0415
+        from kvmppc.host import load_probe  # noqa: PLC0415
 
         load = load_probe
     try:

@@ -1,17 +1,31 @@
-"""Plain data describing what a PowerPC KVM reports: frozen dataclasses, no cdata.
+"""The data that crosses kvmppc's rooms: what a host and its PowerPC KVM report.
 
-Names follow the kernel's UAPI (``include/uapi/linux/kvm.h``, powerpc's ``asm/kvm.h``) and
-QEMU (``target/ppc/mmu-hash64.h``): ``page_shift``, ``slb_enc``, ``pte_enc``.
+Plain frozen dataclasses, no I/O and no cdata: the kernel door (:mod:`kvmppc._kvm`) and the
+probe (:mod:`kvmppc.probe`) fill them; the policy, the daemon and the CLI read them.  Names
+follow the kernel's UAPI (``include/uapi/linux/kvm.h``, powerpc's ``asm/kvm.h``) and QEMU
+(``target/ppc/mmu-hash64.h``): ``page_shift``, ``slb_enc``, ``pte_enc``.  A
+:class:`ProbeResult` serialises to the host-profile JSON (``schema_version``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: reading a host profile resolves every
+# field's type (from_jsonable), and string annotations would be compiled anew at each run.
 import dataclasses
 import enum
+import functools
+import json
 import types
 import typing
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from kvmppc.errors import ProfileError
+
+SCHEMA_VERSION = 1  # of the host-profile JSON
+
+# The KVM_CREATE_VM type argument for each VM type the probe asks for (include/uapi/linux/
+# kvm.h: KVM_VM_PPC_HV 1, KVM_VM_PPC_PR 2; 0 is the kernel's default implementation).
+VM_TYPES: dict[str, int] = {"default": 0, "hv": 1, "pr": 2}
 
 # kvm.h: KVM_PPC_PAGE_SIZES_MAX_SZ; rows and enc slots per row.
 PAGE_SIZES_MAX_SZ = 8
@@ -165,6 +179,137 @@ class PvInfo:
     hcall: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class HostInfo:
+    """The host CPU, kernel and MMU as ``/proc/cpuinfo`` and uname describe them."""
+
+    arch: str
+    kernel_release: str | None
+    cpu_model: str | None
+    pvr: int | None
+    platform: str | None  # "PowerNV" (bare metal) or "pSeries" (an LPAR or a guest)
+    mmu: str | None  # "radix" or "hash"
+    base_page_size: int
+    error: str | None = None
+
+    @property
+    def is_powerpc(self) -> bool:
+        return self.arch.startswith(("ppc", "powerpc"))
+
+
+@dataclass(frozen=True)
+class HugepagePool:
+    """``/sys/kernel/mm/hugepages/hugepages-<N>kB``: counts of pages of ``page_size`` bytes."""
+
+    page_size: int
+    total: int
+    free: int
+    reserved: int
+    surplus: int
+
+    @property
+    def available(self) -> int:
+        """Pages a new guest can take: free pages not already promised to a mapping."""
+        return max(self.free - self.reserved, 0)
+
+
+@dataclass(frozen=True)
+class HugetlbfsMount:
+    """A hugetlbfs mount and the page size QEMU would see through statfs ``f_bsize``."""
+
+    path: str
+    page_size: int
+    page_size_from: str  # "statfs" (as QEMU reads it) or "mount-options"
+
+
+@dataclass(frozen=True)
+class HugepageInfo:
+    default_page_size: int | None
+    pools: tuple[HugepagePool, ...]
+    mounts: tuple[HugetlbfsMount, ...]
+    error: str | None = None
+
+    def pool(self, page_size: int) -> HugepagePool | None:
+        return next((pool for pool in self.pools if pool.page_size == page_size), None)
+
+
+@dataclass(frozen=True)
+class VmTypeInfo:
+    """What one KVM_CREATE_VM type offers.  ``vm_type`` is the argument (0 default, 1 HV, 2 PR)."""
+
+    name: str
+    vm_type: int
+    available: bool
+    error: str | None = None
+    is_pr: bool | None = None  # QEMU's kvmppc_is_pr(): KVM_CAP_PPC_GET_PVINFO on the VM fd
+    caps: dict[str, int] = field(default_factory=dict)
+    smmu: SmmuInfo | None = None
+    smmu_error: str | None = None
+    rmmu: RmmuInfo | None = None
+    rmmu_error: str | None = None
+    cpu_char: CpuChar | None = None
+    cpu_char_error: str | None = None
+    pvinfo: PvInfo | None = None
+    pvinfo_error: str | None = None
+
+    @property
+    def kind(self) -> str | None:
+        """"PR" or "HV", the implementation this VM type lands on, when known."""
+        if self.is_pr is None:
+            return None
+        return "PR" if self.is_pr else "HV"
+
+
+@dataclass(frozen=True)
+class KvmInfo:
+    device: str
+    present: bool
+    powerpc: bool  # the device answered the PowerPC ioctls
+    api_version: int | None = None
+    modules: tuple[str, ...] = ()
+    caps: dict[str, int] = field(default_factory=dict)  # on the system fd
+    vm_types: dict[str, VmTypeInfo] = field(default_factory=dict)  # "default", "hv", "pr"
+    error: str | None = None
+
+    @property
+    def usable_vm_types(self) -> list[VmTypeInfo]:
+        return [vm for vm in self.vm_types.values() if vm.available and vm.smmu is not None]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    host: HostInfo
+    hugepages: HugepageInfo
+    kvm: KvmInfo
+    probed_at: float
+    duration_s: float
+    source: str = "live"  # "live", or "profile:NAME" when replayed
+    kvmppc_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(jsonable(self), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ProbeResult":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ProfileError(
+                f"host profile has schema_version {version!r}; this kvmppc reads version"
+                f" {SCHEMA_VERSION}: take the probe again with this version's"
+                " 'kvmppc probe --json'"
+            )
+        try:
+            result = from_jsonable(cls, data)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ProfileError(f"host profile does not match the probe schema: {exc}") from None
+        assert isinstance(result, ProbeResult)
+        return result
+
+    def vm_type(self, name: str) -> VmTypeInfo | None:
+        return self.kvm.vm_types.get(name.lower())
+
+
 def jsonable(obj: Any) -> Any:
     """Turn model dataclasses (and enums, tuples) into JSON-ready values."""
     if isinstance(obj, enum.Enum):
@@ -180,8 +325,16 @@ def jsonable(obj: Any) -> Any:
 
 __all__ = [
     "PAGE_SIZES_MAX_SZ",
+    "SCHEMA_VERSION",
+    "VM_TYPES",
     "CpuChar",
+    "HostInfo",
+    "HugepageInfo",
+    "HugepagePool",
+    "HugetlbfsMount",
+    "KvmInfo",
     "PageSize",
+    "ProbeResult",
     "PvInfo",
     "RadixGeometry",
     "RmmuInfo",
@@ -189,6 +342,7 @@ __all__ = [
     "SmmuFlag",
     "SmmuInfo",
     "SmmuSource",
+    "VmTypeInfo",
     "from_jsonable",
     "jsonable",
     "smmu_flag_names",
@@ -201,6 +355,12 @@ def from_jsonable(cls: Any, data: Any) -> Any:
     Strict: unknown or missing fields and wrong types raise ``ValueError`` naming the field.
     """
     return _decode(cls, data, "$")
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # Resolving the string annotations is most of the cost of reading a profile: once a class.
+    return typing.get_type_hints(cls)
 
 
 def _decode(tp: Any, data: Any, where: str) -> Any:
@@ -237,7 +397,7 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
-        hints = typing.get_type_hints(tp)
+        hints = _type_hints(tp)
         names = set(tp.__dataclass_fields__)
         unknown = set(data) - names
         if unknown:

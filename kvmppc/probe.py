@@ -4,38 +4,39 @@ Each part (host, hugepages, KVM, each VM type and each ioctl) carries its own ``
 instead of aborting the probe, so a probe on an x86 machine still reports the host and says
 plainly that its KVM is not PowerPC.  Paths are parameters so tests can use fixture trees.
 
-The result serialises to JSON with a ``schema_version``; that JSON is also a *host profile*
-(:func:`load_profile`), a probe taken on one POWER host that can be examined anywhere.
+It fills the plain dataclasses of :mod:`kvmppc.model`.  The result serialises to JSON with a
+``schema_version``; that JSON is also a *host profile* (:func:`kvmppc.profiles.load_profile`),
+a probe taken on one POWER host that can be examined anywhere.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from importlib import resources
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from kvmppc import __version__, _kvm
-from kvmppc.errors import KvmOSError, ProfileError
+from kvmppc.errors import KvmOSError
 from kvmppc.ioctls import Cap, VmType
 from kvmppc.model import (
-    CpuChar,
+    VM_TYPES,
+    HostInfo,
+    HugepageInfo,
+    HugepagePool,
+    HugetlbfsMount,
+    KvmInfo,
     PageSize,
-    PvInfo,
-    RmmuInfo,
+    ProbeResult,
     SegmentPageSizes,
     SmmuInfo,
     SmmuSource,
-    from_jsonable,
-    jsonable,
+    VmTypeInfo,
 )
 
-SCHEMA_VERSION = 1
 KVM_API_VERSION = 12  # include/uapi/linux/kvm.h: the only stable API there has been
 
 
@@ -47,137 +48,6 @@ class ProbePaths:
     proc: str = "/proc"
     sys: str = "/sys"
     mounts: str = "/proc/self/mounts"
-
-
-@dataclass(frozen=True)
-class HostInfo:
-    """The host CPU, kernel and MMU as ``/proc/cpuinfo`` and uname describe them."""
-
-    arch: str
-    kernel_release: str | None
-    cpu_model: str | None
-    pvr: int | None
-    platform: str | None  # "PowerNV" (bare metal) or "pSeries" (an LPAR or a guest)
-    mmu: str | None  # "radix" or "hash"
-    base_page_size: int
-    error: str | None = None
-
-    @property
-    def is_powerpc(self) -> bool:
-        return self.arch.startswith(("ppc", "powerpc"))
-
-
-@dataclass(frozen=True)
-class HugepagePool:
-    """``/sys/kernel/mm/hugepages/hugepages-<N>kB``: counts of pages of ``page_size`` bytes."""
-
-    page_size: int
-    total: int
-    free: int
-    reserved: int
-    surplus: int
-
-    @property
-    def available(self) -> int:
-        """Pages a new guest can take: free pages not already promised to a mapping."""
-        return max(self.free - self.reserved, 0)
-
-
-@dataclass(frozen=True)
-class HugetlbfsMount:
-    """A hugetlbfs mount and the page size QEMU would see through statfs ``f_bsize``."""
-
-    path: str
-    page_size: int
-    page_size_from: str  # "statfs" (as QEMU reads it) or "mount-options"
-
-
-@dataclass(frozen=True)
-class HugepageInfo:
-    default_page_size: int | None
-    pools: tuple[HugepagePool, ...]
-    mounts: tuple[HugetlbfsMount, ...]
-    error: str | None = None
-
-    def pool(self, page_size: int) -> HugepagePool | None:
-        return next((pool for pool in self.pools if pool.page_size == page_size), None)
-
-
-@dataclass(frozen=True)
-class VmTypeInfo:
-    """What one KVM_CREATE_VM type offers.  ``vm_type`` is the argument (0 default, 1 HV, 2 PR)."""
-
-    name: str
-    vm_type: int
-    available: bool
-    error: str | None = None
-    is_pr: bool | None = None  # QEMU's kvmppc_is_pr(): KVM_CAP_PPC_GET_PVINFO on the VM fd
-    caps: dict[str, int] = field(default_factory=dict)
-    smmu: SmmuInfo | None = None
-    smmu_error: str | None = None
-    rmmu: RmmuInfo | None = None
-    rmmu_error: str | None = None
-    cpu_char: CpuChar | None = None
-    cpu_char_error: str | None = None
-    pvinfo: PvInfo | None = None
-    pvinfo_error: str | None = None
-
-    @property
-    def kind(self) -> str | None:
-        """"PR" or "HV", the implementation this VM type lands on, when known."""
-        if self.is_pr is None:
-            return None
-        return "PR" if self.is_pr else "HV"
-
-
-@dataclass(frozen=True)
-class KvmInfo:
-    device: str
-    present: bool
-    powerpc: bool  # the device answered the PowerPC ioctls
-    api_version: int | None = None
-    modules: tuple[str, ...] = ()
-    caps: dict[str, int] = field(default_factory=dict)  # on the system fd
-    vm_types: dict[str, VmTypeInfo] = field(default_factory=dict)  # "default", "hv", "pr"
-    error: str | None = None
-
-    @property
-    def usable_vm_types(self) -> list[VmTypeInfo]:
-        return [vm for vm in self.vm_types.values() if vm.available and vm.smmu is not None]
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    host: HostInfo
-    hugepages: HugepageInfo
-    kvm: KvmInfo
-    probed_at: float
-    duration_s: float
-    source: str = "live"  # "live", or "profile:NAME" when replayed
-    kvmppc_version: str = ""
-    schema_version: int = SCHEMA_VERSION
-
-    def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(jsonable(self), indent=indent, sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProbeResult:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ProfileError(
-                f"host profile has schema_version {version!r}; this kvmppc reads version"
-                f" {SCHEMA_VERSION}: take the probe again with this version's"
-                " 'kvmppc probe --json'"
-            )
-        try:
-            result = from_jsonable(cls, data)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ProfileError(f"host profile does not match the probe schema: {exc}") from None
-        assert isinstance(result, ProbeResult)
-        return result
-
-    def vm_type(self, name: str) -> VmTypeInfo | None:
-        return self.kvm.vm_types.get(name.lower())
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,7 +292,7 @@ def _loaded_modules(sys_root: str) -> tuple[str, ...]:
     )
 
 
-_VM_TYPE_NAMES = {VmType.DEFAULT: "default", VmType.HV: "hv", VmType.PR: "pr"}
+_VM_TYPE_NAMES = {VmType(number): name for name, number in VM_TYPES.items()}
 
 
 def _probe_vm_type(device: Any, vm_type: VmType, system_caps: dict[str, int],
@@ -575,42 +445,3 @@ def refresh_hugepages(result: ProbeResult, paths: ProbePaths | None = None) -> P
     if pools == result.hugepages.pools:
         return result
     return replace(result, hugepages=replace(result.hugepages, pools=pools))
-
-
-# --------------------------------------------------------------------------------------------
-# host profiles
-
-
-def shipped_profiles() -> list[str]:
-    """Names of the host profiles shipped in ``kvmppc/profiles`` (real kernels' answers)."""
-    return sorted(
-        entry.name.removesuffix(".json")
-        for entry in resources.files("kvmppc.profiles").iterdir()
-        if entry.name.endswith(".json")
-    )
-
-
-def load_profile(name_or_path: str) -> ProbeResult:
-    """A saved probe: a file path, or the name of a shipped profile."""
-    path = Path(name_or_path)
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        label = str(path)
-    elif "/" not in name_or_path and name_or_path in shipped_profiles():
-        text = (resources.files("kvmppc.profiles") / f"{name_or_path}.json").read_text(
-            encoding="utf-8"
-        )
-        label = name_or_path
-    else:
-        raise ProfileError(
-            f"no host profile {name_or_path!r}: give a file written by"
-            f" 'kvmppc probe --json' or one of the shipped profiles:"
-            f" {', '.join(shipped_profiles()) or '(none)'}"
-        )
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProfileError(f"host profile {label} is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"host profile {label} is not a JSON object")
-    return replace(ProbeResult.from_dict(data), source=f"profile:{label}")

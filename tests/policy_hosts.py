@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kvmppc.model import PageSize, SegmentPageSizes, SmmuInfo, SmmuSource
-from kvmppc.probe import (
+from kvmppc.model import (
+    VM_TYPES,
     HostInfo,
     HugepageInfo,
     HugepagePool,
     HugetlbfsMount,
     KvmInfo,
+    PageSize,
     ProbeResult,
+    SegmentPageSizes,
+    SmmuInfo,
+    SmmuSource,
     VmTypeInfo,
 )
 
@@ -64,7 +68,7 @@ def vm_type(name: str, *, smmu: SmmuInfo | None, is_pr: bool, radix: bool = Fals
         "PPC_MMU_HASH_V3": int(hash_v3),
         **(extra_caps or {}),
     }
-    number = {"default": 0, "hv": 1, "pr": 2}[name]
+    number = VM_TYPES[name]
     return VmTypeInfo(name, number, available=True, is_pr=is_pr, caps=caps, smmu=smmu,
                       smmu_error=smmu_error)
 
@@ -86,10 +90,10 @@ def host(
         default = hv or pr
     for name, vm in (("default", default), ("hv", hv), ("pr", pr)):
         if vm is None:
-            vm_types[name] = VmTypeInfo(name, {"default": 0, "hv": 1, "pr": 2}[name],
+            vm_types[name] = VmTypeInfo(name, VM_TYPES[name],
                                         available=False, error="Invalid argument")
         else:
-            vm_types[name] = replace(vm, name=name, vm_type={"default": 0, "hv": 1, "pr": 2}[name])
+            vm_types[name] = replace(vm, name=name, vm_type=VM_TYPES[name])
     return ProbeResult(
         host=HostInfo(arch="ppc64le", kernel_release="6.1.0", cpu_model="POWER",
                       pvr=pvr, platform="PowerNV", mmu=mmu, base_page_size=base_page_size),

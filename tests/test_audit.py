@@ -15,7 +15,7 @@ import pytest
 
 from kvmppc.audit import what_if_host
 from kvmppc.errors import ProfileError, UsageError
-from kvmppc.probe import load_profile
+from kvmppc.profiles import load_profile
 
 MSG_4K = "Can't support 64 kiB guest pages with 4 kiB host pages with this KVM implementation"
 MSG_16M_64K = ("Can't support 16384 kiB guest pages with 64 kiB host pages with this KVM"

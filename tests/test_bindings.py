@@ -19,13 +19,11 @@ from kvmppc.errors import (
 )
 from kvmppc.ioctls import Cap
 from kvmppc.model import PageSize, RadixGeometry, SegmentPageSizes, SmmuFlag
+from tests.helpers import needs_kvm
 
 KVM = "/dev/kvm"
 IS_POWERPC = os.uname().machine.startswith("ppc")
 
-needs_kvm = pytest.mark.skipif(
-    not os.access(KVM, os.R_OK | os.W_OK), reason=f"{KVM} is missing or not accessible here"
-)
 
 
 def open_fds() -> set[str]:

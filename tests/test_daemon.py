@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from kvmppc.probe import ProbeResult
+from kvmppc.model import ProbeResult
 from tests.daemon_support import (
     REPO,
     fd_count,
@@ -29,6 +29,7 @@ from tests.daemon_support import (
     run_daemon,
     serve_command,
 )
+from tests.helpers import free_port
 
 FAST = "device_poll_interval = 0.2\nretry_interval = 0.5\n"
 
@@ -140,15 +141,34 @@ def _profile_with_mounts(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("params", [
-    {},
-    {"max_page_size": "16M"},
-    {"max_page_size": "64k", "mem_path": "/dev/hugepages/guest1"},
-    {"max_page_size": "1G", "mem_path": "/mnt/huge1g/g", "kvm_type": "HV", "memory": "4G"},
-    {"max_page_size": "16M", "cpu": "POWER8", "machine": "pseries-4.2"},
-], ids=lambda params: "&".join(f"{k}={v}" for k, v in params.items()) or "defaults")
-def test_check_answers_as_kvmppc_check_does(tmp_path: Path, params: dict[str, str]) -> None:
-    """GET /v1/check is `kvmppc check --json` from the cache, plus the cache's metadata."""
+CANT_16M_ON_64K = ("Can't support 16384 kiB guest pages with 64 kiB host pages with this KVM"
+                   " implementation")
+
+# Each query on the POWER9 nested KVM-HV profile (64 KiB base pages, PAGE_SIZES_REAL, radix
+# without KVM_CAP_PPC_MMU_HASH_V3) plus 2 MiB and 1 GiB mounts, and QEMU 7.2's answer written
+# by hand from its rules: (errors in QEMU's order, cap in bytes, smallest backing page).
+# spapr_check_pagesize: the cap may not exceed the RAM backing page under PAGE_SIZES_REAL;
+# spapr_check_mmu_mode: a hash-only model (POWER8) is refused on a radix-only KVM.
+CHECKS_ON_THE_PROFILE = [
+    ({}, [], 64 << 10, 64 << 10),  # pseries-7.2's default cap, 64K, on 64 KiB pages
+    ({"max_page_size": "16M"}, [CANT_16M_ON_64K], 16 << 20, 64 << 10),
+    ({"max_page_size": "64k", "mem_path": "/dev/hugepages/guest1"}, [], 64 << 10, 2 << 20),
+    ({"max_page_size": "1G", "mem_path": "/mnt/huge1g/g", "kvm_type": "HV", "memory": "4G"},
+     [], 1 << 30, 1 << 30),
+    ({"max_page_size": "16M", "cpu": "POWER8", "machine": "pseries-4.2"},
+     [CANT_16M_ON_64K, "Guest requested unavailable MMU mode (hash)."], 16 << 20, 64 << 10),
+]
+
+
+@pytest.mark.parametrize(("params", "errors", "cap", "backing"), CHECKS_ON_THE_PROFILE,
+                         ids=["&".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+                              for params, *_expected in CHECKS_ON_THE_PROFILE])
+def test_check_answers_as_kvmppc_check_does(tmp_path: Path, params: dict[str, str],
+                                            errors: list[str], cap: int, backing: int) -> None:
+    """GET /v1/check is `kvmppc check --json` from the cache, plus the cache's metadata.
+
+    Both run the same policy, so their equality tests the transport (query string, cache,
+    JSON); the answer itself is held against QEMU's rules, written out above."""
     profile = _profile_with_mounts(tmp_path)
     flags = {"max_page_size": "--max-page-size", "mem_path": "--mem-path", "cpu": "--cpu",
              "kvm_type": "--kvm-type", "memory": "--memory", "machine": "--machine"}
@@ -159,6 +179,9 @@ def test_check_answers_as_kvmppc_check_does(tmp_path: Path, params: dict[str, st
     assert status == 200
     assert body.pop("cache")["source"] == f"profile:{profile}"
     assert body == json.loads(cli.stdout)
+    assert (body["ok"], body["errors"]) == (not errors, errors)
+    assert (body["max_page_size"], body["backing_page_size"]) == (cap, backing)
+    assert body["accel"] == "kvm" and body["needs_host_contiguous_pages"] is True
 
 
 def test_check_mem_path_is_resolved_against_the_probe_mount_table(tmp_path: Path) -> None:
@@ -174,12 +197,15 @@ def test_check_mem_path_is_resolved_against_the_probe_mount_table(tmp_path: Path
 
 
 def test_check_on_this_host_matches_kvmppc_check(tmp_path: Path) -> None:
-    """Here KVM is not PowerPC: the TCG answer, the same as `kvmppc check` gives."""
+    """Here KVM is not PowerPC: the TCG answer, the same as `kvmppc check` gives (the
+    transport), and what QEMU does under TCG: no host-contiguity, so 16M starts."""
     cli = json.loads(kvmppc("check", "--json", "--max-page-size", "16M").stdout)
     with run_daemon(tmp_path) as daemon:
         status, body = daemon.get("/v1/check?max_page_size=16M")
     body.pop("cache")
     assert status == 200 and body == cli and body["accel"] == "tcg"
+    assert body["ok"] is True and body["errors"] == [] and body["kvm"] is None
+    assert body["needs_host_contiguous_pages"] is False and body["max_page_size"] == 16 << 20
 
 
 @pytest.mark.parametrize(("query", "says"), [
@@ -286,13 +312,6 @@ def test_watchdog_pings_at_half_the_timeout(tmp_path: Path) -> None:
         assert not any("WATCHDOG=1" in m for m in daemon.notes.drain())  # meant for pid 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _connect(address: tuple[str, int]) -> socket.socket | None:
     sock = socket.socket()
     try:
@@ -324,7 +343,7 @@ def _socket_activate(tmp_path: Path, listen: list[str], names: str
 def test_socket_activation_takes_both_named_listeners(tmp_path: Path) -> None:
     """systemd-socket-activate passes the unix and TCP sockets named api:metrics; the daemon
     serves on them, binds nothing itself, and leaves the socket file to its owner."""
-    api, port = str(tmp_path / "api.sock"), _free_port()
+    api, port = str(tmp_path / "api.sock"), free_port()
     proc, notify, log = _socket_activate(tmp_path, [api, f"127.0.0.1:{port}"], "api:metrics")
     try:
         # The tool starts the daemon on the first connection, which then waits in the backlog.
@@ -346,7 +365,7 @@ def test_socket_activation_takes_both_named_listeners(tmp_path: Path) -> None:
 
 def test_socket_activation_refuses_a_socket_that_is_not_what_its_name_says(
         tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc, notify, log = _socket_activate(tmp_path, [f"127.0.0.1:{port}"], "api")
     try:
         connection = wait_until(lambda: _connect(("127.0.0.1", port)))

@@ -1,6 +1,8 @@
 """Bad input thrown at a running daemon (hypothesis): malformed request lines, headers,
 parameters and sizes.  Every answer is a 4xx (or a 200 where the input happened to be a
-valid request) or a closed connection; never a 5xx, a hang or a dead daemon."""
+valid request) or a closed connection; never a 5xx, a hang, a dead daemon, or a traceback or
+asyncio "Fatal error" in its log (a connection closed after an unhandled exception looks
+like a refusal from outside: only the log tells them apart)."""
 
 from __future__ import annotations
 
@@ -14,22 +16,62 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmppc.policy.check import QUERY_KEYS
+from kvmppc.policy.request import QUERY_KEYS
 from tests.daemon_support import Daemon, read_response, run_daemon
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+# What an unhandled exception leaves in the log: Python's traceback, asyncio's "Fatal error
+# on transport" / "Exception in callback" / "Task exception was never retrieved".
+LOG_ALARMS = ("Traceback", "Fatal error", "Exception in callback", "exception was never")
+
+
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     with run_daemon(tmp, config="idle_timeout = 5\nmax_request_bytes = 4096\n") as running:
         yield running
 
 
+@pytest.fixture
+def daemon(shared_daemon: Daemon) -> Iterator[Daemon]:
+    """The module's daemon, checked sound after each test whatever order they run in."""
+    assert_sound(shared_daemon)
+    yield shared_daemon
+    assert_sound(shared_daemon)
+
+
+def assert_sound(daemon: Daemon) -> None:
+    """Alive, healthy, answering right, every connection closed, nothing alarming logged."""
+    assert daemon.alive(), daemon.log
+    status, health = daemon.get("/v1/health")
+    assert status == 200 and health["probe_failures"] == 0
+    assert health["connections"] == 1  # this one: every fuzzing connection was closed
+    status, answer = daemon.get("/v1/check?max_page_size=64k")
+    assert status == 200 and answer["ok"] is True and answer["max_page_size"] == 65536
+    assert_log_clean(daemon.log)
+
+
+def assert_log_clean(text: str) -> None:
+    for alarm in LOG_ALARMS:
+        assert alarm not in text, text
+
+
 def exchange(daemon: Daemon, raw: bytes) -> list[tuple[int, bytes]]:
-    """Send ``raw`` then end the stream; every answer until the daemon closes."""
+    """Send ``raw`` then end the stream; every answer until the daemon closes.  Fails if the
+    daemon logged an unhandled exception meanwhile, or died."""
+    logged_before = daemon.log_path.stat().st_size
+    answers = _exchange(daemon, raw)
+    with daemon.log_path.open("rb") as log:
+        log.seek(logged_before)
+        assert_log_clean(log.read().decode(errors="replace"))
+    assert daemon.alive(), daemon.log
+    return answers
+
+
+def _exchange(daemon: Daemon, raw: bytes) -> list[tuple[int, bytes]]:
     answers = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(15)
@@ -135,11 +177,10 @@ def test_check_parameters(daemon: Daemon, params: list[tuple[str, str]]) -> None
     assert ("ok" if status == 200 else "error") in json.loads(body)
 
 
-def test_daemon_alive_and_correct_after_the_fuzzing(daemon: Daemon) -> None:
-    """Runs last in this module: the same daemon still answers, and answers right."""
-    assert daemon.alive()
-    status, health = daemon.get("/v1/health")
-    assert status == 200 and health["probe_failures"] == 0
-    status, answer = daemon.get("/v1/check?max_page_size=64k")
-    assert status == 200 and answer["ok"] is True and answer["max_page_size"] == 65536
-    assert health["connections"] == 1  # every fuzzing connection was closed
+def test_log_alarms_are_seen() -> None:
+    """The log check would catch what an unhandled exception in a handler writes."""
+    with pytest.raises(AssertionError):
+        assert_log_clean("Traceback (most recent call last):\n  ...\nKeyError: 'x'\n")
+    with pytest.raises(AssertionError):
+        assert_log_clean("Fatal error on transport\nprotocol: <kvmppc.daemon.http...>\n")
+    assert_log_clean("kvmppc: 400 from pid 1: the request line is malformed\n")

@@ -22,7 +22,8 @@ from kvmppc.daemon.log import setup_logging
 from kvmppc.daemon.metrics import KvmppcCollector
 from kvmppc.daemon.sd import Notifier, journal_stream_is_stderr, listen_fds, watchdog_interval
 from kvmppc.errors import UsageError
-from kvmppc.probe import ProbeResult, load_profile
+from kvmppc.model import ProbeResult
+from kvmppc.profiles import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from kvmppc.probe import read_hugepage_pools
 from tests.daemon_support import REPO, Daemon, request, run_daemon
+from tests.helpers import free_port
 from tests.test_daemon import _profile_with_mounts, wait_until
 
 
@@ -54,13 +54,6 @@ def test_series_per_host_stay_few(daemons: tuple[Daemon, Daemon]) -> None:
         series = [line for line in _scrape(daemon).decode().splitlines()
                   if line and not line.startswith("#")]
         assert len(series) < 100
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Prometheus:
@@ -102,7 +95,7 @@ def prometheus(daemons: tuple[Daemon, Daemon],
         f"      - targets: ['127.0.0.1:{power9.metrics_port}']\n"
         "        labels: {host: power9}\n"
     )
-    port = _free_port()
+    port = free_port()
     log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - open for the server's lifetime
     proc = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",

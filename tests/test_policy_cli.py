@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from policy_hosts import GiB, KiB, MiB, hv_host
 
-from kvmppc import cli_policy
+from kvmppc import cli_policy, host
 from kvmppc.cli import main as kvmppc_main
 
 HUGETLBFS_MAGIC = 0x958458F6
@@ -107,12 +107,12 @@ def test_live_backing_statfs(tmp_path: Path) -> None:
     def missing(path: str) -> tuple[int, int]:
         raise FileNotFoundError(2, "No such file or directory", path)
 
-    assert cli_policy.live_backing(probe, "/h", hugetlbfs, HUGETLBFS_MAGIC).page_size == 16 * MiB
-    assert cli_policy.live_backing(probe, "/e", ext4, HUGETLBFS_MAGIC).page_size == 64 * KiB
-    bad = cli_policy.live_backing(probe, "/m", missing, HUGETLBFS_MAGIC)
+    assert host.live_backing(probe, "/h", hugetlbfs, HUGETLBFS_MAGIC).page_size == 16 * MiB
+    assert host.live_backing(probe, "/e", ext4, HUGETLBFS_MAGIC).page_size == 64 * KiB
+    bad = host.live_backing(probe, "/m", missing, HUGETLBFS_MAGIC)
     assert bad.error == "Couldn't statfs() memory path: No such file or directory"
     # A relative path is taken from the current directory, as QEMU's statfs would.
-    assert cli_policy.live_backing(probe, "rel", ext4, HUGETLBFS_MAGIC).mem_path == os.path.join(
+    assert host.live_backing(probe, "rel", ext4, HUGETLBFS_MAGIC).mem_path == os.path.join(
         os.getcwd(), "rel")
 
 

@@ -13,16 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import cant
 from tests.powerguest.harness import GuestRun
 
 pytestmark = pytest.mark.powerguest
-
-
-def cant(guest_kib: int, host_kib: int) -> str:
-    return (f"Can't support {guest_kib} kiB guest pages with {host_kib} kiB host pages with"
-            " this KVM implementation")
-
-
 
 
 def checks(run: GuestRun) -> dict[str, Any]:

@@ -30,9 +30,9 @@ from policy_fdt import cells, read_fdt
 
 from kvmppc.policy import CheckRequest, check
 from kvmppc.policy._qemu72_cpus import NON_SPAPR_NAMES, NON_SPAPR_PVRS
-from kvmppc.policy.models import MACHINE_TYPES, SPAPR_CPU_ALIASES, SPAPR_CPU_MODELS
-from kvmppc.probe import load_profile
+from kvmppc.policy.machines import MACHINE_TYPES, SPAPR_CPU_ALIASES, SPAPR_CPU_MODELS
 from kvmppc.probe import probe as live_probe
+from kvmppc.profiles import load_profile
 
 QEMU = shutil.which("qemu-system-ppc64")
 pytestmark = [

@@ -14,18 +14,18 @@ from kvmppc import _kvm
 from kvmppc import probe as probe_mod
 from kvmppc.cli import main as cli_main
 from kvmppc.errors import ProfileError
-from kvmppc.model import PageSize, SegmentPageSizes, SmmuSource
-from kvmppc.probe import (
+from kvmppc.model import (
+    SCHEMA_VERSION,
     HugepagePool,
     HugetlbfsMount,
-    ProbePaths,
+    PageSize,
     ProbeResult,
-    fallback_smmu_info,
-    load_profile,
-    parse_cpuinfo,
-    probe,
-    shipped_profiles,
+    SegmentPageSizes,
+    SmmuSource,
 )
+from kvmppc.probe import ProbePaths, fallback_smmu_info, parse_cpuinfo, probe
+from kvmppc.profiles import load_profile, shipped_profiles
+from tests.helpers import needs_kvm
 
 # /proc/cpuinfo as a POWER9 PowerNV host prints it (arch/powerpc/kernel/setup-common.c).
 POWER9_CPUINFO = """\
@@ -151,10 +151,6 @@ def test_real_hugetlbfs_mount_page_size_comes_from_statfs(tmp_path: Path) -> Non
         subprocess.run(["umount", str(mountpoint)], check=False)
 
 
-needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
-                               reason="/dev/kvm is missing or not accessible here")
-
-
 @needs_kvm
 @pytest.mark.skipif(os.uname().machine.startswith("ppc"), reason="this test is for non-POWER")
 def test_live_probe_on_x86_says_kvm_present_not_powerpc() -> None:
@@ -190,7 +186,7 @@ def test_cli_probe_here_exits_0_and_explains(capsys: pytest.CaptureFixture[str])
 def test_cli_probe_json_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["probe", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["schema_version"] == probe_mod.SCHEMA_VERSION
+    assert data["schema_version"] == SCHEMA_VERSION
     again = ProbeResult.from_dict(data)
     assert json.loads(again.to_json()) == data
 

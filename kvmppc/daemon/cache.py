@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kvmppc.probe import ProbeResult
+from kvmppc.model import ProbeResult
 
 log = logging.getLogger("kvmppc.daemon")
 

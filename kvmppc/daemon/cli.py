@@ -1,18 +1,18 @@
-"""``kvmppc serve`` and ``kvmppc query``; :func:`register` adds them to the main parser."""
+"""``kvmppc serve`` and ``kvmppc query``; :func:`register` adds them to the main parser.
+
+Registering imports neither the server (asyncio, prometheus_client) nor the client
+(http.client): each command imports its own when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
-from kvmppc.cli import render_probe
 from kvmppc.cli_policy import add_check_arguments, check_params
-from kvmppc.daemon.client import DaemonClient, cache_line
-from kvmppc.daemon.config import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET, load_config
-from kvmppc.probe import ProbeResult
+from kvmppc.daemon.defaults import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +56,7 @@ def _register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 def _cmd_serve(args: argparse.Namespace) -> int:
     # Only serve pays for the server's imports (asyncio, prometheus_client: ~70 ms), not
     # every kvmppc command that builds the argument parser.
+    from kvmppc.daemon.config import load_config  # noqa: PLC0415 - see above
     from kvmppc.daemon.log import setup_logging  # noqa: PLC0415 - see above
     from kvmppc.daemon.server import Daemon  # noqa: PLC0415 - see above
 
@@ -108,8 +109,22 @@ def _register_query(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 def _ask(args: argparse.Namespace, method: str, path: str,
          params: dict[str, str | list[str]] | None = None,
          accept: str = "application/json") -> tuple[int, Any, dict[str, str]]:
+    from kvmppc.daemon.client import DaemonClient  # noqa: PLC0415 - see the docstring
+
     with DaemonClient(args.socket) as client:
         return client.request(method, path, params, accept=accept)
+
+
+def _print_json(body: Any) -> None:
+    import json  # noqa: PLC0415 - see the docstring
+
+    print(json.dumps(body, indent=2))
+
+
+def _cache_line(meta: Any) -> str:
+    from kvmppc.render import cache_line  # noqa: PLC0415 - see the docstring
+
+    return cache_line(meta)
 
 
 def _error(status: int, body: Any) -> int:
@@ -123,10 +138,13 @@ def _cmd_query_host(args: argparse.Namespace) -> int:
     if status != 200:
         return _error(status, body)
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
     else:
+        from kvmppc.model import ProbeResult  # noqa: PLC0415 - see the docstring
+        from kvmppc.render import render_probe  # noqa: PLC0415 - same
+
         print(render_probe(ProbeResult.from_dict(body["probe"])))
-        print(cache_line(body["cache"]))
+        print(_cache_line(body["cache"]))
     return 0
 
 
@@ -140,7 +158,7 @@ def _cmd_query_check(args: argparse.Namespace) -> int:
     if status != 200:
         return _error(status, body)
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
         return 0 if body["ok"] else 1
     print(body, end="")
     return 0 if headers.get("kvmppc-answer") == "yes" else 1
@@ -152,13 +170,13 @@ def _cmd_query_health(args: argparse.Namespace) -> int:
     if status != 200:
         return _error(status, body)
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
     else:
         print(f"{body['status']}; {body['probes']} probes, {body['probe_failures']} failed;"
               f" up {body['uptime_s']:.0f} s")
         for problem in body["problems"]:
             print(f"  {problem}")
-        print(cache_line(body["cache"]))
+        print(_cache_line(body["cache"]))
     return 1 if body["status"] == "stale" else 0
 
 
@@ -166,9 +184,9 @@ def _cmd_query_refresh(args: argparse.Namespace) -> int:
     """Exit 0 when the new probe succeeded, 1 when it failed (the old answer stays)."""
     status, body, _headers = _ask(args, "POST", "/v1/refresh")
     if args.json:
-        print(json.dumps(body, indent=2))
+        _print_json(body)
     elif status in (200, 503):
-        print(cache_line(body["cache"]))
+        print(_cache_line(body["cache"]))
     else:
         return _error(status, body)
     return 0 if status == 200 else 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -77,11 +76,3 @@ class DaemonClient:
                 " is not JSON: is it a kvmppc daemon?"
             ) from None
 
-
-def cache_line(meta: Mapping[str, Any]) -> str:
-    """One line saying how old and how good a cached answer is (``kvmppc query``)."""
-    probed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(meta["probed_at"]))
-    line = f"answered by the kvmppc daemon from its probe of {probed} ({meta['status']})"
-    if meta["stale"]:
-        line += f"; STALE: the last probe failed: {meta['last_error']}"
-    return line

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvmppc.daemon.defaults import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET
 from kvmppc.errors import UsageError
 
-DEFAULT_CONFIG_FILE = "/etc/kvmppc/kvmppc.conf"
-DEFAULT_SOCKET = "/run/kvmppc/kvmppc.sock"
 # In the range Prometheus keeps for exporters (9100-9999).  Its allocation list could not be
 # consulted when this was chosen; --metrics-address or metrics_address in the config file
 # move it.

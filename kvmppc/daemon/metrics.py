@@ -18,8 +18,8 @@ from prometheus_client.core import (
 
 from kvmppc.daemon.cache import ProbeCache
 from kvmppc.daemon.http import Request
+from kvmppc.model import ProbeResult
 from kvmppc.policy import CheckRequest, check
-from kvmppc.probe import ProbeResult
 
 ENDPOINTS = ("host", "check", "refresh", "health", "metrics")
 _ENDPOINT_OF_PATH = {
@@ -88,8 +88,9 @@ def fleet_answer(result: ProbeResult) -> dict[tuple[str, str], int]:
         for label, mem_paths in backings:
             request = CheckRequest(mem_paths=mem_paths,
                                    kvm_type=None if kvm_type == "default" else kvm_type.upper())
-            largest = check(result, request).advice.get("largest_max_page_size")
-            answer[kvm_type, label] = largest["bytes"] if largest else 0
+            advice = check(result, request).advice
+            largest = advice.largest_max_page_size if advice else None
+            answer[kvm_type, label] = largest.size if largest else 0
     _fleet_memo[:] = [(key, answer)]
     return answer
 

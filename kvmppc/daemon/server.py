@@ -23,7 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from kvmppc import __version__
 from kvmppc.daemon.cache import ProbeCache, degradations
-from kvmppc.daemon.client import cache_line
 from kvmppc.daemon.config import DaemonConfig
 from kvmppc.daemon.http import (
     HttpServer,
@@ -37,9 +36,11 @@ from kvmppc.daemon.listeners import Listeners, describe, open_listeners
 from kvmppc.daemon.metrics import KvmppcCollector, RequestMetrics, fleet_answer
 from kvmppc.daemon.sd import Notifier, watchdog_interval
 from kvmppc.errors import KvmppcError, UsageError
-from kvmppc.model import jsonable
+from kvmppc.model import ProbeResult, jsonable
 from kvmppc.policy import CheckRequest, check
-from kvmppc.probe import ProbePaths, ProbeResult, load_profile, probe, refresh_hugepages
+from kvmppc.probe import ProbePaths, probe, refresh_hugepages
+from kvmppc.profiles import load_profile
+from kvmppc.render import cache_line, check_json, render_check
 
 log = logging.getLogger("kvmppc.daemon")
 
@@ -149,10 +150,10 @@ class App:
             return error_response(400, str(exc))
         meta = self.cache_meta()
         if text:
-            body = f"{result.render()}\n{cache_line(meta)}\n".encode()
+            body = f"{render_check(result)}\n{cache_line(meta)}\n".encode()
             return Response(200, body, "text/plain; charset=utf-8",
                             (("Kvmppc-Answer", "yes" if result.ok else "no"),))
-        return json_response(200, {**result.to_dict(), "cache": meta})
+        return json_response(200, {**check_json(result), "cache": meta})
 
     async def refresh(self, request: Request) -> Response:
         outcome = await self.cache.refresh(f"POST /v1/refresh from {request.peer}")

@@ -15,8 +15,9 @@ from typing import Any
 from kvmppc.errors import UsageError
 from kvmppc.inputs.domain_xml import HostMemory, translate_domain
 from kvmppc.inputs.qemu_argv import Translation, translate_argv
+from kvmppc.model import ProbeResult
 from kvmppc.policy import Backing, CheckResult, check
-from kvmppc.probe import ProbeResult
+from kvmppc.render import check_json, render_check
 
 EXIT_YES = 0
 EXIT_NO = 1
@@ -53,15 +54,15 @@ class Answer:
     @property
     def changes(self) -> tuple[str, ...]:
         """The suggestions that make the guest start (the policy re-checked each)."""
-        if self.result is None:
+        if self.result is None or self.result.advice is None:
             return ()
-        return tuple(s.change for s in self.result.advice.get("suggestions", ()) if s.ok)
+        return tuple(s.change for s in self.result.advice.suggestions if s.ok)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.verdict,
             "input": self.translation.to_dict(),
-            "check": self.result.to_dict() if self.result else None,
+            "check": check_json(self.result) if self.result else None,
         }
 
     def render(self) -> str:
@@ -82,7 +83,7 @@ class Answer:
                          " not model them:")
             lines += [f"  - {reason}" for reason in t.cannot_judge]
         else:
-            lines.append(self.result.render())
+            lines.append(render_check(self.result))
         return "\n".join(lines)
 
 

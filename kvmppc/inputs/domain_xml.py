@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 from kvmppc.errors import UsageError
 from kvmppc.inputs.qemu_argv import Translation, translate_argv
-from kvmppc.probe import ProbeResult
+from kvmppc.model import ProbeResult
 
 MAX_XML_BYTES = 1 << 20  # libvirt's own domain XMLs are a few KiB
 KiB = 1024

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmppc.errors import UsageError
-from kvmppc.policy import CheckRequest, parse_memory, parse_size
+from kvmppc.policy import CheckRequest, QemuRefusalError, parse_memory, parse_size
 
 # Options of qemu-system-ppc64 7.2 that take an argument (qemu-options.hx, HAS_ARG).  An option
 # in neither table is refused, as QEMU does ("-bogus: invalid option").
@@ -485,7 +485,7 @@ def _backend_kind(option: str, backend: _Backend, state: _State) -> tuple[str, s
 def _size_of(backend: _Backend) -> int:
     try:
         return parse_size(backend.props["size"])
-    except UsageError:
+    except QemuRefusalError:
         raise _bad("-object", backend.text, "Parameter 'size' expects size") from None
 
 
@@ -608,8 +608,8 @@ def _finish(argv: tuple[str, ...], state: _State) -> Translation:
 def _ram_size(text: str) -> int:
     try:
         size, _warnings = parse_memory(text)
-    except Exception as exc:  # the policy's own error type is private; its text is QEMU's
-        raise CommandLineError(f"-m {text}: {exc}") from None
+    except QemuRefusalError as exc:  # QEMU's words
+        raise CommandLineError(f"-m {text}: {exc.message}") from None
     return size
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvmppc.model import PAGE_SIZES_MAX_SZ, PageSize, SegmentPageSizes
-from kvmppc.policy.models import Hash64Table
+from kvmppc.policy.machines import Hash64Table
 
 # target/ppc/mmu-hash64.h
 SLB_VSID_4K = 0x000

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from kvmppc.model import PAGE_SIZES_MAX_SZ, PageSize, SegmentPageSizes, SmmuFlag, SmmuInfo
 from kvmppc.policy.hash64 import SLB_VSID_64K, FilteredTable, to_rows
+from kvmppc.policy.problems import ProblemKind, QemuRefusalError
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -31,8 +32,22 @@ def needs_host_contiguous_pages(kvm: bool, smmu: SmmuInfo | None) -> bool:
     return kvm and smmu is not None and bool(smmu.flags & SmmuFlag.PAGE_SIZES_REAL)
 
 
-def kvm_check_mmu(table: FilteredTable, smmu: SmmuInfo, host_page_size: int) -> str | None:
-    """``kvm_check_mmu(cpu, errp)``: the first reason KVM cannot give the guest this table.
+def kvm_check_mmu(table: FilteredTable, smmu: SmmuInfo, host_page_size: int) -> None:
+    """``kvm_check_mmu(cpu, errp)``: raises :class:`QemuRefusalError` with the first reason KVM
+    cannot give the guest this table (kind KVM_MMU), or cannot back its 64 KiB
+    cache-inhibited pages (kind CI_PAGES)."""
+    mismatch = _kernel_table_mismatch(table, smmu)
+    if mismatch is not None:
+        raise QemuRefusalError(ProblemKind.KVM_MMU, mismatch)
+    if table.ci_large_pages and host_page_size < 0x10000:
+        # Cache-inhibited 64K pages map I/O, which gets an ordinary host mapping, so only the
+        # host's base page size can back them ("qemu_real_host_page_size() < 0x10000").
+        raise QemuRefusalError(ProblemKind.CI_PAGES,
+                          "KVM can't supply 64kiB CI pages, which guest expects")
+
+
+def _kernel_table_mismatch(table: FilteredTable, smmu: SmmuInfo) -> str | None:
+    """The first difference between the guest's table and ``KVM_PPC_GET_SMMU_INFO``'s.
 
     QEMU walks all 8 rows and all 8 entries of each, zero ones included, and looks each up in
     the kernel's (equally zero-padded) arrays: a zero entry matches the kernel's first unused
@@ -64,10 +79,6 @@ def kvm_check_mmu(table: FilteredTable, smmu: SmmuInfo, host_page_size: int) -> 
                     f"KVM uses PTE encoding {kernel_page[1]:#x} for page shift"
                     f" {page_shift}/{q_shift}, but guest expects {pte_enc:#x}"
                 )
-    if table.ci_large_pages and host_page_size < 0x10000:
-        # Cache-inhibited 64K pages map I/O, which gets an ordinary host mapping, so only the
-        # host's base page size can back them ("qemu_real_host_page_size() < 0x10000").
-        return "KVM can't supply 64kiB CI pages, which guest expects"
     return None
 
 

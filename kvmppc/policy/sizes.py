@@ -206,3 +206,20 @@ def do_strtosz(text: str, default_suffix: str = "B", unit: int = 1024) -> Strtos
 def qemu_strtosz(text: str) -> StrtoszResult:
     """``qemu_strtosz``: bytes by default, binary suffixes."""
     return do_strtosz(text, "B", 1024)
+
+
+def format_size(size: int) -> str:
+    """A size as people write it for QEMU and :func:`qemu_strtosz` reads it back: 4K, 64K,
+    16M, 16G, 3000."""
+    for suffix, shift in (("E", 60), ("P", 50), ("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{suffix}"
+    return str(size)
+
+
+def format_bytes(size: int) -> str:
+    """Like :func:`format_size` with binary unit names: 4 KiB, 16 MiB."""
+    text = format_size(size)
+    if text[-1].isalpha():
+        return f"{text[:-1]} {text[-1]}iB"
+    return f"{text} B"

@@ -41,11 +41,12 @@ BATTERY: tuple[GuestCommand, ...] = (
     GuestCommand(
         "policy-checks",
         "python3 -c 'import json; from kvmppc.probe import probe;"
-        " from kvmppc.policy import CheckRequest, check; p = probe();"
+        " from kvmppc.policy import CheckRequest, check; from kvmppc.render import check_json;"
+        " p = probe();"
         " cases = {\"default\": {}, \"4k\": {\"max_page_size\": \"4k\"},"
         " \"16m\": {\"max_page_size\": \"16M\"}, \"16g\": {\"max_page_size\": \"16G\"},"
         " \"power8\": {\"cpu\": \"power8\"}, \"970\": {\"cpu\": \"970\"}};"
-        " print(json.dumps({k: check(p, CheckRequest(**v)).to_dict()"
+        " print(json.dumps({k: check_json(check(p, CheckRequest(**v)))"
         " for k, v in cases.items()}))'",
     ),
 )

@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from kvmppc.policy._qemu72_cpus import NON_SPAPR_NAMES, NON_SPAPR_PVRS
+from kvmppc.policy.problems import ProblemKind, QemuRefusalError
 from kvmppc.policy.sizes import _strtoull
 
 GiB = 1 << 30
@@ -157,15 +158,11 @@ MACHINE_TYPES: dict[str, MachineType] = {
 MACHINE_TYPES["pseries"] = MACHINE_TYPES[f"pseries-{LATEST_VERSION[0]}.{LATEST_VERSION[1]}"]
 
 
-class QemuLookupError(Exception):
-    """QEMU refuses the machine or CPU model; the message is QEMU's."""
-
-
 def lookup_machine(name: str) -> MachineType:
     """``-machine NAME`` (machine names are compared exactly, case included)."""
     machine = MACHINE_TYPES.get(name)
     if machine is None:
-        raise QemuLookupError("unsupported machine type")
+        raise QemuRefusalError(ProblemKind.MACHINE, "unsupported machine type")
     return machine
 
 
@@ -192,7 +189,7 @@ def lookup_cpu(
     but has no sPAPR core gets a different message from one that does not exist.
     """
     if name == "":
-        raise QemuLookupError("-cpu option cannot be empty")
+        raise QemuRefusalError(ProblemKind.CPU, "-cpu option cannot be empty")
     value, end, errno = _strtoull(name, 16)
     if end > 0 and errno is None:
         length = end - 2 if end == 10 and name[1:2] == "x" else end
@@ -202,8 +199,8 @@ def lookup_cpu(
                 if candidate.pvr == pvr:
                     return candidate
             if pvr in NON_SPAPR_PVRS:
-                raise QemuLookupError("Unable to find sPAPR CPU Core definition")
-            raise QemuLookupError(f"unable to find CPU model '{name}'")
+                raise QemuRefusalError(ProblemKind.CPU, "Unable to find sPAPR CPU Core definition")
+            raise QemuRefusalError(ProblemKind.CPU, f"unable to find CPU model '{name}'")
     if name == "max":
         return SPAPR_CPU_MODELS[machine.default_cpu]
     lowered = name.encode("utf-8").lower().decode("utf-8")  # g_ascii_strdown: ASCII only
@@ -214,14 +211,15 @@ def lookup_cpu(
     if lowered == "host" and kvm:
         host_model = host_cpu_model(host_pvr)
         if host_model is None:
-            raise QemuLookupError(
+            raise QemuRefusalError(
+                ProblemKind.CPU,
                 "kvmppc cannot tell which CPU family -cpu host means here"
                 + (f" (host PVR {host_pvr:#010x})" if host_pvr is not None else " (no PVR)")
             )
         return host_model
     if lowered in NON_SPAPR_NAMES:
-        raise QemuLookupError("Unable to find sPAPR CPU Core definition")
-    raise QemuLookupError(f"unable to find CPU model '{name}'")
+        raise QemuRefusalError(ProblemKind.CPU, "Unable to find sPAPR CPU Core definition")
+    raise QemuRefusalError(ProblemKind.CPU, f"unable to find CPU model '{name}'")
 
 
 def machine_default_cpu(machine: MachineType) -> CpuModel:

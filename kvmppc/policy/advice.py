@@ -1,0 +1,196 @@
+"""What to change when QEMU would refuse a guest, each change checked again by the replay.
+
+Advice is chosen by the kinds of QEMU's refusals (:class:`ProblemKind`), never by their text:
+a cap too large for the RAM backing or for KVM's table (lower the cap, or back RAM with
+hugepages), a VRMA too small for the RMA (hugepages), a pre-POWER9 model on a radix-only KVM
+(a model that can run radix), RAM not a multiple of 256 MiB, cap-htm on a KVM without HTM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kvmppc.model import ProbeResult
+from kvmppc.policy.backing import Backing
+from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE
+from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT
+from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
+from kvmppc.policy.machines import CpuModel, host_cpu_model
+from kvmppc.policy.problems import ProblemKind
+from kvmppc.policy.request import CheckRequest
+from kvmppc.policy.result import Advice, CapAdvice, CheckResult, HugepageOption, Suggestion
+from kvmppc.policy.sizes import format_bytes, format_size
+from kvmppc.policy.startup import SPAPR_MEMORY_BLOCK_SIZE, page_size_refusals, replay
+
+K = ProblemKind
+# The refusals a smaller cap-hpt-max-page-size can lift.
+_CAP_KINDS = frozenset({K.BACKING, K.KVM_MMU, K.CI_PAGES, K.BELOW_4K})
+
+
+def advise(probe: ProbeResult, result: CheckResult) -> Advice | None:
+    """Advice for the guest of ``result``; None when QEMU stopped before its machine and CPU
+    model were known."""
+    cpu, request = result.cpu, result.request
+    if cpu is None or result.max_page_shift is None or result.machine is None:
+        return None
+    host_page = probe.host.base_page_size
+    min_backing = result.backing_page_size or host_page
+    ram = result.ram_size or DEFAULT_RAM_SIZE
+    largest = largest_working_shift(result, min_backing, host_page)
+    kinds = result.error_kinds
+
+    suggestions: list[Suggestion] = []
+    if result.ok:
+        suggestions.append(_suggest(
+            probe, result, "nothing to change; the same guest with its cap written out", request,
+            hugepage_size=result.hugepage_size,
+        ))
+    if kinds & _CAP_KINDS and largest is not None:
+        value = format_size(1 << effective_shift(cpu, largest))
+        suggestions.append(_suggest(
+            probe, result,
+            f"lower cap-hpt-max-page-size to {value} (the largest this RAM backing allows)",
+            replace(request, max_page_size=value), hugepage_size=result.hugepage_size,
+        ))
+    if kinds & {K.BACKING, K.VRMA}:
+        suggestions += _hugepage_suggestions(probe, result, ram)
+    host_kernel = None
+    if K.CI_PAGES in kinds:
+        host_kernel = (
+            f"this host's base page size is {format_bytes(host_page)}: 64 KiB cache-inhibited"
+            " pages need a 64 KiB base page, so under KVM a hash guest here is limited to"
+            " 4 KiB pages (guest kernels built for 64 KiB pages cannot boot in hash mode);"
+            " a host kernel with 64 KiB pages lifts this"
+        )
+    if K.MMU_MODE in kinds:
+        family = host_cpu_model(probe.host.pvr)
+        if family is not None and family.radix_capable:
+            suggestions.append(_suggest(
+                probe, result, f"use a {family.family} CPU model so the guest can run radix",
+                replace(request, cpu=family.family.lower()),
+            ))
+    if K.MEMORY in kinds and result.ram_size is not None:
+        block = SPAPR_MEMORY_BLOCK_SIZE
+        rounded = max(-(-result.ram_size // block) * block, block)
+        suggestions.append(_suggest(
+            probe, result, f"give -m a multiple of 256 MiB: {format_size(rounded)}",
+            replace(request, memory=format_size(rounded)),
+        ))
+    return Advice(
+        largest_max_page_size=None if largest is None else CapAdvice(
+            largest, "caps above 16 GiB give the same guest table" if largest == 34 else None),
+        recommended_max_page_size=None if largest is None else CapAdvice(
+            effective_shift(cpu, largest),
+            "the smallest cap giving the same guest table (the safest to migrate)"),
+        hugepages=_hugepage_options(probe, result, ram, host_page),
+        suggestions=tuple(suggestions),
+        host_kernel=host_kernel,
+        machine_options=("cap-htm=off",) if K.HTM in kinds else (),
+    )
+
+
+def largest_working_shift(result: CheckResult, min_backing: int,
+                          host_page: int) -> int | None:
+    """The largest cap (12..34; larger caps filter alike) whose page-size checks pass."""
+    if result.cpu is None:
+        return None
+    kvm = result.accel == "kvm"
+    for shift in range(LEGACY_MAX_SHIFT, 11, -1):
+        if not page_size_refusals(shift, result.cpu, result.smmu, kvm=kvm,
+                                  min_backing=min_backing, host_page_size=host_page):
+            return shift
+    return None
+
+
+def effective_shift(cpu: CpuModel, shift: int) -> int:
+    """The smallest cap giving the same guest table: its largest page size."""
+    table = filter_for_cap(HASH64_TABLES[cpu.hash64], shift)
+    pages = [p.page_shift for seg in table.segments for p in seg.pages]
+    return max(pages) if pages else shift
+
+
+def _hugepage_sizes(probe: ProbeResult) -> list[int]:
+    sizes = {m.page_size for m in probe.hugepages.mounts}
+    sizes |= {p.page_size for p in probe.hugepages.pools}
+    return sorted(s for s in sizes if s > probe.host.base_page_size)
+
+
+def _pool_steps(probe: ProbeResult, page_size: int, ram: int) -> tuple[tuple[str, ...], bool]:
+    """Whether the pool can hold the guest's RAM, and what to run if not."""
+    pool = probe.hugepages.pool(page_size)
+    needed = -(-ram // page_size)
+    sysfs = f"/sys/kernel/mm/hugepages/hugepages-{page_size >> 10}kB/nr_hugepages"
+    if pool is None:
+        return (f"this kernel has no {format_bytes(page_size)} hugepage pool",), False
+    if pool.available >= needed:
+        return (), True
+    more = needed - pool.available
+    return (
+        f"the {format_bytes(page_size)} pool has {pool.available} free pages, the guest's"
+        f" {format_bytes(ram)} needs {needed}: echo {pool.total + more} > {sysfs}",
+    ), False
+
+
+def _hugepage_options(probe: ProbeResult, result: CheckResult, ram: int,
+                      host_page: int) -> tuple[HugepageOption, ...]:
+    """Each hugepage size: can it back the requested cap, and is its pool big enough?"""
+    assert result.max_page_shift is not None
+    requested = 1 << result.max_page_shift
+    options = []
+    for size in _hugepage_sizes(probe):
+        steps, enough = _pool_steps(probe, size, ram)
+        best = largest_working_shift(result, size, host_page)
+        options.append(HugepageOption(
+            page_size=size,
+            mounts=tuple(m.path for m in probe.hugepages.mounts if m.page_size == size),
+            pool=probe.hugepages.pool(size),
+            pages_needed=-(-ram // size),
+            enough_free_pages=enough,
+            backs_requested_max_page_size=size >= requested,
+            largest_max_page_size=None if best is None else 1 << best,
+            steps=steps,
+        ))
+    return tuple(options)
+
+
+def _suggest(probe: ProbeResult, base: CheckResult, change: str, request: CheckRequest, *,
+             backings: tuple[Backing, ...] | None = None, steps: tuple[str, ...] = (),
+             hugepage_size: int | None = None) -> Suggestion:
+    tried = replay(probe, request, backings)
+    after = {p.message for p in tried.errors}
+    return Suggestion(
+        change=change,
+        request=request,
+        backings=backings,
+        result=tried,
+        fixes=tuple(m for m in (p.message for p in base.errors) if m not in after),
+        steps=steps,
+        hugepage_size=hugepage_size,
+    )
+
+
+def _hugepage_suggestions(probe: ProbeResult, result: CheckResult,
+                          ram: int) -> list[Suggestion]:
+    """Back RAM with each hugepage size that could help: mounted ones as they are, pools
+    without a mount as a what-if (after mounting hugetlbfs with that page size)."""
+    out: list[Suggestion] = []
+    requested = 1 << (result.max_page_shift or 0)
+    for size in _hugepage_sizes(probe):
+        if size < requested and K.VRMA not in result.error_kinds:
+            continue
+        steps, _enough = _pool_steps(probe, size, ram)
+        mounts = [m for m in probe.hugepages.mounts if m.page_size == size]
+        backings: tuple[Backing, ...] | None = None
+        if mounts:
+            path = mounts[0].path
+        else:
+            path = f"/dev/hugepages-{format_size(size)}"
+            steps = (f"mkdir -p {path}; mount -t hugetlbfs -o pagesize={format_size(size)}"
+                     f" none {path}", *steps)
+            backings = (Backing(path, size, "hugepage-pool", path),)
+        out.append(_suggest(
+            probe, result, f"back guest RAM with {format_bytes(size)} hugepages ({path})",
+            replace(result.request, mem_paths=(path,)), backings=backings, steps=steps,
+            hugepage_size=size,
+        ))
+    return out

@@ -1,0 +1,119 @@
+"""The guest a caller asks about, as QEMU would be asked for it.
+
+A :class:`CheckRequest` holds the command-line text (``-machine``, ``-cpu``, ``-m``,
+``cap-hpt-max-page-size``, ``mem-path``, ``-accel``, ``kvm-type``) before QEMU parses it; the
+start-up replay (:mod:`kvmppc.policy.startup`) parses it as QEMU does.  Only what kvmppc
+itself cannot take is refused here, with :class:`UsageError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvmppc.errors import UsageError
+
+QUERY_KEYS = ("max_page_size", "cpu", "machine", "mem_path", "memory", "accel", "kvm_type")
+# hw/ppc/spapr.c spapr_kvm_type: no kvm-type is the kernel's default VM type.
+VM_TYPE_BY_KVM_TYPE = {None: "default", "HV": "hv", "PR": "pr"}
+
+
+def _single(params: Mapping[str, str | Sequence[str]], key: str) -> str | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    values = list(value)
+    if len(values) != 1:
+        raise UsageError(f"'{key}' given {len(values)} times; give it once")
+    return values[0]
+
+
+def _normalise_kvm_type(value: str | None) -> str | None:
+    """hw/ppc/spapr.c ``spapr_kvm_type``: "auto" (or nothing), or HV / PR in any case."""
+    if value is None or value == "auto":
+        return None
+    if value.lower() in ("hv", "pr"):
+        return value.upper()
+    raise UsageError(f"Unknown kvm-type specified '{value}' (give HV, PR or auto)")
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """A guest as QEMU would be asked for it.
+
+    ``max_page_size`` is the ``cap-hpt-max-page-size`` text exactly as it would be written on
+    the command line (None: the machine's default).  ``cpu`` is a ``-cpu`` model name (None:
+    the machine type's default model, power9_v2.0 for pseries-4.0 and later).  ``mem_paths``
+    are the ``mem-path`` of each RAM backend (none: anonymous RAM).  ``memory`` is ``-m``'s
+    text (None: 512 MiB).  ``accel`` None means KVM when the probe found a usable PowerPC
+    KVM, else TCG — what libvirt and the ``kvm`` wrapper do; plain ``qemu-system-ppc64``
+    without ``-accel`` would pick TCG.  ``kvm_type`` "HV", "PR" or None (the default VM
+    type: HV when kvm_hv is loaded).
+    """
+
+    max_page_size: str | None = None
+    cpu: str | None = None
+    machine: str = "pseries"
+    mem_paths: tuple[str, ...] = ()
+    memory: str | None = None
+    accel: str | None = None
+    kvm_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.accel not in (None, "kvm", "tcg"):
+            raise UsageError(f"accel must be 'kvm' or 'tcg', not {self.accel!r}")
+        if self.kvm_type not in (None, "HV", "PR"):
+            raise UsageError(f"kvm_type must be 'HV', 'PR' or None, not {self.kvm_type!r}")
+        if "," in self.machine:
+            raise UsageError(
+                f"machine {self.machine!r}: give only the machine type (e.g. pseries-7.2);"
+                " the page size goes in max_page_size"
+            )
+        if self.cpu is not None and "," in self.cpu:
+            raise UsageError(
+                f"cpu {self.cpu!r}: give only the model name; CPU properties are not modelled"
+            )
+        for path in self.mem_paths:
+            if not path.startswith("/") or "\0" in path:
+                raise UsageError(f"mem_path {path!r} must be an absolute path")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str | Sequence[str]]) -> CheckRequest:
+        """From a query string (``urllib.parse.parse_qs`` output or a plain mapping).
+
+        Keys: max_page_size, cpu, machine, mem_path (repeatable), memory, accel, kvm_type.
+        """
+        unknown = sorted(set(params) - set(QUERY_KEYS))
+        if unknown:
+            raise UsageError(
+                f"unknown parameter(s) {', '.join(map(repr, unknown))};"
+                f" known: {', '.join(QUERY_KEYS)}"
+            )
+        mem_path = params.get("mem_path", ())
+        mem_paths = (mem_path,) if isinstance(mem_path, str) else tuple(mem_path)
+        accel = _single(params, "accel")
+        if accel is not None and accel not in ("kvm", "tcg"):
+            raise UsageError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
+        return cls(
+            max_page_size=_single(params, "max_page_size"),
+            cpu=_single(params, "cpu"),
+            machine=_single(params, "machine") or "pseries",
+            mem_paths=mem_paths,
+            memory=_single(params, "memory"),
+            accel=accel,
+            kvm_type=_normalise_kvm_type(_single(params, "kvm_type")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_page_size": self.max_page_size,
+            "cpu": self.cpu,
+            "machine": self.machine,
+            "mem_paths": list(self.mem_paths),
+            "memory": self.memory,
+            "accel": self.accel,
+            "kvm_type": self.kvm_type,
+        }
