@@ -51,9 +51,9 @@ _BAD_VALUE_CHAR = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus
 }
-# A connection that has waited at least this long for its request may be dropped to make
-# room for a new one when the listener's budget is spent; newer ones are not, so a burst of
-# honest clients gets 503 + Retry-After rather than dropping each other.
+# When a listener's budget is spent, a newcomer from the peer that holds the most connections
+# may replace one of that peer's connections only if it has waited this long for its request:
+# a burst from one client gets 503 + Retry-After rather than dropping its own connections.
 EVICTION_GRACE_S = 0.5
 
 
@@ -75,6 +75,12 @@ class Peer:
     uid: int | None = None
     gid: int | None = None
     address: str | None = None
+    host: str | None = None  # the address without the port
+
+    @property
+    def key(self) -> object:
+        """Who holds a connection, for sharing a listener fairly: a process or a host."""
+        return self.pid if self.address is None else self.host
 
     def __str__(self) -> str:
         if self.address is not None:
@@ -249,19 +255,31 @@ class HttpServer:
         return lambda: HttpProtocol(self, handler)
 
     def admit(self, newcomer: HttpProtocol) -> bool:
-        """Whether a new connection may stay: within the budget, or by dropping the one that
-        has waited longest for a request, if it has waited past the grace."""
+        """Whether a new connection may stay when the listener's budget is spent.
+
+        It takes the place of a connection waiting for a request (idle, or trickling one:
+        slowloris) from the peer holding the most connections, the one that has waited
+        longest.  A newcomer from a peer that holds fewer connections than that one gets its
+        place at once; one from that same peer (or as big) only if the connection has waited
+        past ``EVICTION_GRACE_S``, so a burst from one client is turned away with 503 rather
+        than dropping its own connections.  Peers are processes on the unix socket
+        (``SO_PEERCRED``), addresses on TCP.
+        """
         active = [c for c in self.connections if not c.closing]
         if len(active) < self.limits.max_connections:
             return True
-        now = self.monotonic()
+        held: dict[object, int] = {}
+        for conn in active:
+            held[conn.peer.key] = held.get(conn.peer.key, 0) + 1
         waiting = [c for c in active if c.evictable]
-        if waiting:
-            oldest = min(waiting, key=lambda c: c.waiting_since)
-            if now - oldest.waiting_since >= EVICTION_GRACE_S:
-                self.evicted += 1
-                oldest.abort()
-                return True
+        if not waiting:
+            return False
+        victim = min(waiting, key=lambda c: (-held[c.peer.key], c.waiting_since))
+        fairer = held.get(newcomer.peer.key, 0) < held[victim.peer.key]
+        if fairer or self.monotonic() - victim.waiting_since >= EVICTION_GRACE_S:
+            self.evicted += 1
+            victim.abort()
+            return True
         return False
 
     def sweep(self) -> None:
@@ -295,8 +313,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
 
     @property
     def evictable(self) -> bool:
-        """Waiting for a (whole) request, not being answered."""
-        return not (self._busy or self._write_paused or self.closing)
+        """Waiting for a (whole) request, or for the peer to read its answers; not being
+        answered (a handler running) nor already closing."""
+        return not (self._busy or self.closing)
 
     # ---------------------------------------------------------------------------------------
     # asyncio callbacks
@@ -304,6 +323,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self.peer = _peer_of(transport)
         admitted = self._server.admit(self)
         self._server.connections.add(self)  # counted while its fd is open, refused or not
         transport.set_write_buffer_limits(high=self._limits.max_output_bytes)
@@ -313,7 +333,6 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 503, f"more than {self._limits.max_connections} connections; try again",
                 [("Retry-After", "1")], close=True), 0.0)
             return
-        self.peer = _peer_of(transport)
         self._wait_for_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -343,7 +362,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
         # write_timeout to take some before it is cut off.
         self._write_paused = True
         self._pause_reading()
-        self.deadline = self._server.monotonic() + self._limits.write_timeout
+        self.waiting_since = self._server.monotonic()
+        self.deadline = self.waiting_since + self._limits.write_timeout
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -536,5 +556,5 @@ def _peer_of(transport: asyncio.BaseTransport) -> Peer:
     name = transport.get_extra_info("peername")
     if isinstance(name, tuple) and len(name) >= 2:
         host = f"[{name[0]}]" if ":" in str(name[0]) else str(name[0])
-        return Peer(address=f"{host}:{name[1]}")
+        return Peer(address=f"{host}:{name[1]}", host=str(name[0]))
     return Peer()
