@@ -173,6 +173,12 @@ class App:
         if self.cache.result is not None:
             self._state()
 
+    async def prepared(self) -> None:
+        """The common answers of the current probe, computed (before READY=1)."""
+        self.prepare()
+        with contextlib.suppress(RuntimeError):  # shut down: nothing to wait for
+            await asyncio.wrap_future(self._worker.submit(lambda: None))  # after _prepare's
+
     def _prepare(self, answer: ProbeResult, generation: int, serial: int) -> None:
         meta = self.cache_meta()
         loop = asyncio.get_running_loop()
@@ -437,7 +443,8 @@ class Daemon:
         if listeners.metrics is not None:
             servers.append(await loop.create_server(
                 metrics_http.protocol_factory(app.metrics_only), sock=listeners.metrics))
-        app.prepare()
+        self.notifier.send("STATUS=computing the common answers")
+        await app.prepared()
         where = ", ".join(describe(s) for s in (listeners.api, listeners.metrics) if s is not None)
         log.info("kvmppc %s serving on %s%s", __version__, where,
                  " (sockets from systemd)" if listeners.activated else "")
