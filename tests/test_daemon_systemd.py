@@ -12,7 +12,9 @@ and cached as a tarball under /var/tmp/kvmppc-nspawn; each run unpacks a fresh c
 installs a wheel built from this checkout (its dependencies from PyPI, through the host's
 pip configuration and certificate authorities), copies the units in unchanged, and boots
 it with a private network.  Commands run inside with ``nsenter`` into the container's PID 1
-(this machine's own PID 1 may not be systemd, so there may be no machined to ask).
+(this machine's own PID 1 may not be systemd, so there may be no machined to ask).  It also
+runs inside a chroot such as CI's (seen booting in one made like ../shared/tools/fresh-root.sh,
+given systemd-container, mmdebstrap and util-linux there).
 
 /dev/kvm: the container gets a device node of its own (same major:minor, made in the
 container's directory, group kvm) rather than the host's node, whose mode systemd's
@@ -51,7 +53,22 @@ PACKAGES = ("systemd,systemd-sysv,dbus,python3,python3-venv,python3-systemd,"
             "ca-certificates,procps")
 # This machine's PID 1 may not be systemd (no system bus, no machined): run the container in
 # the caller's own cgroup and register it nowhere.  Under a systemd host these work too.
-NSPAWN_HOSTLESS = ("--keep-unit", "--register=no")
+# No --link-journal: a bootstrapped root (CI's chroot) may have no machine ID of its own.
+NSPAWN_HOSTLESS = ("--keep-unit", "--register=no", "--link-journal=no")
+# systemd-nspawn makes / a slave mount: in a chroot whose / is no mount point (CI runs the
+# tests in one, ../shared/tools/fresh-root.sh) that fails with EINVAL.  There, run it in a
+# mount namespace of its own whose root is a bind mount of this one (same paths).
+_SELF_ROOT = ('mkdir -p /mnt/kvmppc-self && mount --rbind / /mnt/kvmppc-self'
+              ' && cd /mnt/kvmppc-self && exec chroot . "$@"')
+
+
+def nspawn(*args: str) -> list[str]:
+    """The systemd-nspawn command line, wrapped when / is not a mount point (a chroot)."""
+    argv = ["systemd-nspawn", "-q", *NSPAWN_HOSTLESS, *args]
+    if os.path.ismount("/"):
+        return argv
+    return ["unshare", "--mount", "--propagation", "unchanged", "--fork", "sh", "-c",
+            _SELF_ROOT, "sh", *argv]
 KVM_GID = 995  # the group kvm made in the root before its first boot (sysusers keeps it)
 DEVICE_CHECK = r'''
 import errno, os
@@ -218,6 +235,7 @@ def machine() -> Iterator[Machine]:
     root = work / "root"
     root.mkdir()
     proc: subprocess.Popen[bytes] | None = None
+    init: int | None = None
     try:
         _run("tar", "-C", str(root), "-xf", str(TARBALL))
         # The package registries as the host reaches them, no more (as fresh-root.sh).
@@ -231,8 +249,8 @@ def machine() -> Iterator[Machine]:
         install = (f"python3 -m venv --system-site-packages /opt/kvmppc"
                    f" && /opt/kvmppc/bin/pip install -q --no-cache-dir /root/{wheel.name}"
                    " && ln -sf /opt/kvmppc/bin/kvmppc /usr/local/bin/kvmppc")
-        done = _run("systemd-nspawn", "-q", *NSPAWN_HOSTLESS, "-D", str(root), "--pipe",
-                    "/bin/sh", "-c", install, timeout=900, check=False)
+        done = _run(*nspawn("-D", str(root), "--pipe", "/bin/sh", "-c", install),
+                    timeout=900, check=False)
         if done.returncode != 0:
             _unavailable(f"systemd-nspawn cannot run a command here, or pip failed:"
                          f" {done.stderr.strip()[-800:]}")
@@ -247,12 +265,11 @@ def machine() -> Iterator[Machine]:
         log = work / "console.log"
         with open(log, "wb") as console:
             proc = subprocess.Popen(
-                ["systemd-nspawn", "-q", "--boot", *NSPAWN_HOSTLESS, "--private-network",
-                 "-D", str(root), f"--machine=kvmppc-t{os.getpid()}",
-                 f"--bind={work / 'kvm'}:/dev/kvm", f"--bind={work / 'tun'}:/dev/net/tun"],
+                nspawn("--boot", "--private-network", "-D", str(root),
+                       f"--machine=kvmppc-t{os.getpid()}", f"--bind={work / 'kvm'}:/dev/kvm",
+                       f"--bind={work / 'tun'}:/dev/net/tun"),
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        init = None
         while init is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
             init = _container_init(proc.pid)
@@ -266,7 +283,11 @@ def machine() -> Iterator[Machine]:
         yield box
     finally:
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # systemd-nspawn: power the container off
+            # systemd(1): SIGRTMIN+4 is "poweroff"; nspawn exits when its PID 1 does.
+            if init is not None:
+                os.kill(init, signal.SIGRTMIN + 4)
+            else:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
