@@ -189,7 +189,11 @@ class App:
                 key = (generation, serial, request, False)
                 if self._answers.get(key) is not None:  # a plain get: safe from this thread
                     continue
-                response = _build_check(answer, request, False, meta)
+                try:
+                    response = _build_check(answer, request, False, meta)
+                except Exception:  # a policy bug: these are then computed when asked (a 500)
+                    log.exception("computing the common answer to %s", request)
+                    return
                 loop.call_soon_threadsafe(self._keep, key, response)
 
         with contextlib.suppress(RuntimeError):  # shutting down: nothing to prepare for
