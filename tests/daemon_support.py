@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,3 +159,32 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll until ``condition()`` is truthy; its value.  A bound, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.05)
+
+
+def socket_fds(pid: int) -> int:
+    """The process's open file descriptors that are sockets."""
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                count += 1
+        except FileNotFoundError:
+            continue  # closed while listing
+    return count
+
+
+def traceback_free(log: str) -> None:
+    """The daemon's log holds no Python traceback (every bad input answered, not raised)."""
+    assert "Traceback" not in log, f"a traceback in the daemon's log:\n{log[-4000:]}"

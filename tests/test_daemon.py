@@ -470,7 +470,8 @@ def test_unknown_host_profile_stops_the_daemon_with_the_choices(tmp_path: Path) 
 
 def test_no_fd_or_memory_growth_over_thousands_of_refreshes(tmp_path: Path) -> None:
     """2000 re-probes of the real /dev/kvm (each a VM created and closed, in a thread)."""
-    with run_daemon(tmp_path) as daemon, socket.socket(socket.AF_UNIX) as sock:
+    with run_daemon(tmp_path, config="min_refresh_interval = 0\n") as daemon, \
+            socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(30)
         sock.connect(daemon.socket_path)
         reader = sock.makefile("rb")

@@ -5,7 +5,12 @@ interval, and whenever the device node changes (module unloaded or loaded again)
 run in a thread so the event loop keeps answering.  A probe that *fails* (it raised, the
 device could not be opened, the host could not be read) does not replace the last good
 answer: that one keeps being served, marked stale, and the failure is kept for health and
-metrics.  The hugepage counts are read again for each answer.
+metrics.  The hugepage counts are read again for answers (answers of one loop iteration, or
+of ``hugepages_max_age`` seconds, share a read).
+
+Clients cannot make the daemon probe faster than ``min_refresh_interval``: a ``POST
+/v1/refresh`` during a probe shares that probe, and one too soon after the last probe started
+waits for the next, which every such request shares (one probe, many answers).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kvmppc.model import ProbeResult
 
 log = logging.getLogger("kvmppc.daemon")
+
+T = TypeVar("T")
 
 DeviceSignature = tuple[int, int, int, int, int] | None
 
@@ -70,6 +78,8 @@ class ProbeOutcome:
     at: float  # wall clock, when it started
     duration_s: float
     failure: str | None
+    number: int = 0  # 1 for the first probe of this process, then counting up
+    reason: str = ""
 
 
 class ProbeCache:
@@ -88,6 +98,7 @@ class ProbeCache:
         refresh_interval: float,
         retry_interval: float,
         hugepages_max_age: float = 0.0,
+        min_refresh_interval: float = 0.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         stat_device: Callable[[str], DeviceSignature] = device_signature,
@@ -98,6 +109,7 @@ class ProbeCache:
         self.refresh_interval = refresh_interval
         self.retry_interval = retry_interval
         self.hugepages_max_age = hugepages_max_age
+        self.min_refresh_interval = min_refresh_interval
         self._clock = clock
         self._monotonic = monotonic
         self._stat_device = stat_device
@@ -114,6 +126,14 @@ class ProbeCache:
         self._device_seen: DeviceSignature = None
         self._inflight: asyncio.Future[ProbeOutcome] | None = None
         self._inflight_started = 0.0
+        self._started_any = False
+        # Client refreshes waiting for the next probe (too soon after the last one).
+        self._next: asyncio.Future[ProbeOutcome] | None = None
+        self._next_timer: asyncio.TimerHandle | None = None
+        self.hugepages_serial = 0  # changes whenever the hugepage part answers use changes
+        self._served: ProbeResult | None = None
+        self._memo: dict[str, Any] = {}
+        self._memo_generation = -1
 
     # ----------------------------------------------------------------------------------------
     # answers
@@ -138,6 +158,9 @@ class ProbeCache:
             return fresh
         fresh = self._fresh_hugepages(self.result)
         self._fresh, self._fresh_at = fresh, self._monotonic()
+        if fresh is not self._served:  # refresh_hugepages returns its input when unchanged
+            self._served = fresh
+            self.hugepages_serial += 1
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -145,6 +168,17 @@ class ProbeCache:
         self._fresh_this_iteration = True
         loop.call_soon(self._end_iteration)  # runs at the start of the next iteration
         return fresh
+
+    def memo(self, name: str, build: Callable[[], T]) -> T:
+        """``build()``'s value, kept until the probe generation changes (what is derived
+        from the probe alone: the fleet answer, STATUS=)."""
+        if self._memo_generation != self.generation:
+            self._memo.clear()
+            self._memo_generation = self.generation
+        if name not in self._memo:
+            self._memo[name] = build()
+        value: T = self._memo[name]
+        return value
 
     def _end_iteration(self) -> None:
         self._fresh_this_iteration = False
@@ -186,7 +220,38 @@ class ProbeCache:
         if self._inflight is None:
             self._inflight = self._start(reason)
             self._inflight_started = self._monotonic()
+            self._started_any = True
+            if self._next is not None:
+                # Refreshes waiting for the next probe get this one.
+                if self._next_timer is not None:
+                    self._next_timer.cancel()
+                _chain(self._inflight, self._next)
+                self._next = self._next_timer = None
         return asyncio.shield(self._inflight)
+
+    def request_refresh(self, reason: str) -> asyncio.Future[ProbeOutcome]:
+        """A client's refresh: the running probe, else a new one, but never sooner than
+        ``min_refresh_interval`` after the last one started; the outcome of the probe that
+        answers it.  Concurrent and too-early requests share one probe."""
+        if self._inflight is not None:
+            return asyncio.shield(self._inflight)
+        if self._next is None:
+            wait = (self._inflight_started + self.min_refresh_interval - self._monotonic()
+                    if self._started_any else 0.0)
+            if wait <= 0:
+                return self.refresh(reason)
+            loop = asyncio.get_running_loop()
+            self._next = loop.create_future()
+            self._next_timer = loop.call_later(wait, self.refresh, reason)
+        return asyncio.shield(self._next)
+
+    def close(self) -> None:
+        """Cancel a refresh waiting for its time (the daemon is stopping)."""
+        if self._next_timer is not None:
+            self._next_timer.cancel()
+        if self._next is not None and not self._next.done():
+            self._next.cancel()
+        self._next = self._next_timer = None
 
     def _start(self, reason: str) -> asyncio.Future[ProbeOutcome]:
         loop = asyncio.get_running_loop()
@@ -196,7 +261,7 @@ class ProbeCache:
 
         def deliver(result: ProbeResult | None, error: BaseException | None) -> None:
             self._inflight = None
-            outcome = self._record(result, error, started_at, started, device_before)
+            outcome = self._record(result, error, started_at, started, device_before, reason=reason)
             log.log(
                 logging.WARNING if outcome.failure else logging.INFO,
                 "probe (%s) %s in %.1f ms%s", reason,
@@ -224,14 +289,15 @@ class ProbeCache:
 
     def _record(self, result: ProbeResult | None, error: BaseException | None,
                 started_at: float, started: float,
-                device_before: DeviceSignature) -> ProbeOutcome:
+                device_before: DeviceSignature, *, reason: str = "") -> ProbeOutcome:
         self.attempts += 1
         self.generation += 1
         self._last_attempt_mono = self._monotonic()
         self._device_seen = device_before
         failure = (probe_failure(result) if result is not None
                    else f"probe raised {type(error).__name__}: {error}")
-        outcome = ProbeOutcome(started_at, self._monotonic() - started, failure)
+        outcome = ProbeOutcome(started_at, self._monotonic() - started, failure,
+                               number=self.attempts, reason=reason)
         self.last = outcome
         if failure is not None:
             self.failures += 1
@@ -241,3 +307,17 @@ class ProbeCache:
             self.good = failure is None
             self._fresh = None
         return outcome
+
+
+def _chain(source: asyncio.Future[T], target: asyncio.Future[T]) -> None:
+    """``target`` gets ``source``'s outcome."""
+    def done(future: asyncio.Future[T]) -> None:
+        if target.done():
+            return
+        if future.cancelled():
+            target.cancel()
+        elif (exc := future.exception()) is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(future.result())
+    source.add_done_callback(done)

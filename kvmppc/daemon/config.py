@@ -30,24 +30,33 @@ class DaemonConfig:
     host_profile: str = ""  # a shipped profile's name or a file: answer for that host instead
     refresh_interval: float = 300.0  # seconds between re-probes of the KVM part
     retry_interval: float = 10.0  # seconds between re-probes while the last one failed
+    # Seconds between the starts of probes that clients ask for (POST /v1/refresh): each
+    # creates KVM VMs, so a client in a loop must not make the daemon probe in a loop.
+    min_refresh_interval: float = 2.0
     device_poll_interval: float = 1.0  # seconds between checks that the device node changed
-    # Hugepage counts are read for each answer; > 0 lets answers share a read this many
-    # seconds old (answers computed together always share one).
-    hugepages_max_age: float = 0.0
+    # Answers share one read of the hugepage counts for at most this many seconds (answers
+    # computed together always share one); 0 reads them for every answer, at about a third
+    # of a cached answer's cost (bench/README.md).
+    hugepages_max_age: float = 1.0
     idle_timeout: float = 30.0  # seconds a connection may take to send a whole request
-    max_connections: int = 128
+    write_timeout: float = 10.0  # seconds a client may leave its answers unread
+    max_connections: int = 128  # on the API socket
+    metrics_max_connections: int = 32  # on the metrics socket, apart from the API's
     max_request_bytes: int = 8192  # request line, headers and body together
     max_headers: int = 32
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         for name in ("refresh_interval", "retry_interval", "device_poll_interval",
-                     "idle_timeout"):
+                     "idle_timeout", "write_timeout"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be a positive number of seconds")
         if self.hugepages_max_age < 0:
             raise UsageError("hugepages_max_age must be 0 (read for every answer) or more")
-        for name in ("max_connections", "max_request_bytes", "max_headers"):
+        if self.min_refresh_interval < 0:
+            raise UsageError("min_refresh_interval must be 0 (no limit) or more seconds")
+        for name in ("max_connections", "metrics_max_connections", "max_request_bytes",
+                     "max_headers"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
         if not 0 <= self.socket_mode <= 0o777:

@@ -7,7 +7,9 @@ README), most of them the supported (segment, page) size pairs and the hugepage 
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
@@ -16,6 +18,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from kvmppc import __version__
 from kvmppc.daemon.cache import ProbeCache
 from kvmppc.daemon.http import Request
 from kvmppc.model import ProbeResult
@@ -64,21 +67,15 @@ class RequestMetrics:
             self.latency.observe(seconds)
 
 
-# The last answer and what it was computed from (scrapes and STATUS= ask again and again).
-_fleet_memo: list[tuple[object, dict[tuple[str, str], int]]] = []
-
-
 def fleet_answer(result: ProbeResult) -> dict[tuple[str, str], int]:
     """The largest ``cap-hpt-max-page-size`` this host can run, per KVM type and backing.
 
     Keys are ``(kvm_type, backing)``: the default VM type and, on PowerPC, each other usable
     one; backing ``anonymous`` (no mem-path: base pages) or a hugetlbfs mount.  The policy
     answers it (``advice.largest_max_page_size`` of a check, 0 when none works).  It depends
-    on the KVM part and the mount table only, so it is computed once per probe and mounts.
+    on the KVM part and the mount table only, which change only with a probe: callers keep it
+    per probe generation (:meth:`ProbeCache.memo`), nothing here keeps it.
     """
-    key = (result.host, result.kvm, result.hugepages.mounts)
-    if _fleet_memo and _fleet_memo[0][0] == key:
-        return _fleet_memo[0][1]
     kvm_types = ["default"]
     if result.kvm.powerpc:
         kvm_types += [vm.name for vm in result.kvm.usable_vm_types if vm.name != "default"]
@@ -91,18 +88,35 @@ def fleet_answer(result: ProbeResult) -> dict[tuple[str, str], int]:
             advice = check(result, request).advice
             largest = advice.largest_max_page_size if advice else None
             answer[kvm_type, label] = largest.size if largest else 0
-    _fleet_memo[:] = [(key, answer)]
     return answer
+
+
+def cached_fleet_answer(cache: ProbeCache, result: ProbeResult) -> dict[tuple[str, str], int]:
+    """:func:`fleet_answer` of the cached probe, computed once per probe generation."""
+    return cache.memo("fleet_answer", lambda: fleet_answer(result))
+
+
+@dataclass(frozen=True)
+class ListenerStats:
+    """One listener's connections, for the metrics."""
+
+    name: str  # "api" or "metrics"
+    open: int  # file descriptors open
+    refused: int
+    evicted: int
+    timed_out: int
 
 
 class KvmppcCollector:
     """Families built from the cached probe at each scrape."""
 
     def __init__(self, cache: ProbeCache, connections: Callable[[], int] = lambda: 0,
-                 refused: Callable[[], int] = lambda: 0) -> None:
+                 refused: Callable[[], int] = lambda: 0,
+                 listeners: Callable[[], Iterable[ListenerStats]] = lambda: ()) -> None:
         self._cache = cache
         self._connections = connections
         self._refused = refused
+        self._listeners = listeners
 
     def describe(self) -> Iterable[Metric]:
         # Names only, no samples: registering must not probe or read anything.
@@ -115,10 +129,18 @@ class KvmppcCollector:
         self._fill(families, self._cache.answer())
         return list(families.values())
 
-    @staticmethod
-    def _families() -> dict[str, Metric]:
+    def _families(self) -> dict[str, Metric]:
         g, c = GaugeMetricFamily, CounterMetricFamily
+        # How old what a scrape reports may be, in the HELP text (the exposition format has
+        # no per-sample age): the probe-derived families are as of the probe, the hugepage
+        # counts are shared by answers for at most hugepages_max_age seconds.
+        probed = " (as of the cached probe, kvmppc_probe_timestamp_seconds)"
+        max_age = self._cache.hugepages_max_age
+        counted = (f" (read at most {max_age:g} s before the scrape)" if max_age
+                   else " (read at the scrape)")
         families: list[Metric] = [
+            g("kvmppc_build_info", "The daemon's version and Python; the value is 1",
+              labels=["version", "python_version", "python_implementation"]),
             g("kvmppc_host_info", "The probed host; the value is 1",
               labels=["arch", "kernel_release", "cpu_model", "platform", "mmu", "source"]),
             g("kvmppc_probe_success", "Whether the last probe succeeded (device opened, host"
@@ -128,35 +150,49 @@ class KvmppcCollector:
             g("kvmppc_probe_duration_seconds", "How long the last probe took"),
             c("kvmppc_probes", "Probes taken (start, interval, refresh, SIGHUP, device change)"),
             c("kvmppc_probe_failures", "Probes that failed"),
-            g("kvmppc_kvm_present", "Whether the KVM device exists"),
-            g("kvmppc_kvm_powerpc", "Whether KVM is PowerPC (else pseries guests run under TCG)"),
-            g("kvmppc_vm_type_available", "Whether KVM_CREATE_VM of this type succeeds",
+            g("kvmppc_kvm_present", "Whether the KVM device exists" + probed),
+            g("kvmppc_kvm_powerpc",
+              "Whether KVM is PowerPC (else pseries guests run under TCG)" + probed),
+            g("kvmppc_vm_type_available", "Whether KVM_CREATE_VM of this type succeeds" + probed,
               labels=["vm_type"]),
             g("kvmppc_vm_type_needs_host_contiguous_pages",
               "KVM_PPC_PAGE_SIZES_REAL: guest pages must be backed by host pages at least as"
-              " large", labels=["vm_type"]),
-            g("kvmppc_vm_type_slb_entries", "SLB size from KVM_PPC_GET_SMMU_INFO",
+              " large" + probed, labels=["vm_type"]),
+            g("kvmppc_vm_type_slb_entries", "SLB size from KVM_PPC_GET_SMMU_INFO" + probed,
               labels=["vm_type"]),
             g("kvmppc_vm_type_hpt_page_size_info",
               "A (segment base page, actual page) size pair KVM_PPC_GET_SMMU_INFO supports, as"
-              " page shifts; the value is 1",
+              " page shifts; the value is 1" + probed,
               labels=["vm_type", "segment_page_shift", "page_shift"]),
             g("kvmppc_base_page_size_bytes", "The host's base page size (getpagesize)"),
-            g("kvmppc_hugepages_pages", "Hugepage pool size (nr_hugepages)",
+            g("kvmppc_hugepages_pages", "Hugepage pool size (nr_hugepages)" + counted,
               labels=["page_size"]),
-            g("kvmppc_hugepages_free_pages", "Free hugepages in the pool", labels=["page_size"]),
+            g("kvmppc_hugepages_free_pages", "Free hugepages in the pool" + counted,
+              labels=["page_size"]),
             g("kvmppc_hugepages_reserved_pages", "Hugepages reserved for mappings not yet"
-              " faulted in", labels=["page_size"]),
-            g("kvmppc_hugepages_surplus_pages", "Hugepages above nr_hugepages (overcommit)",
+              " faulted in" + counted, labels=["page_size"]),
+            g("kvmppc_hugepages_surplus_pages",
+              "Hugepages above nr_hugepages (overcommit)" + counted,
               labels=["page_size"]),
             g("kvmppc_hugetlbfs_mount_page_size_bytes",
-              "A hugetlbfs mount and the page size QEMU reads through statfs",
+              "A hugetlbfs mount and the page size QEMU reads through statfs" + probed,
               labels=["path"]),
             g("kvmppc_hpt_max_page_size_bytes",
               "The largest cap-hpt-max-page-size a pseries guest can start with, per KVM type"
-              " and memory backing (0: none)", labels=["kvm_type", "backing"]),
-            g("kvmppc_http_connections", "Open client connections"),
-            c("kvmppc_http_connections_refused", "Connections turned away at the limit"),
+              " and memory backing (0: none)" + probed, labels=["kvm_type", "backing"]),
+            g("kvmppc_http_connections", "Open client connections (file descriptors), all"
+              " listeners"),
+            c("kvmppc_http_connections_refused", "Connections turned away at the limit, all"
+              " listeners"),
+            g("kvmppc_http_listener_connections", "Open client connections (file descriptors)"
+              " of a listener", labels=["listener"]),
+            c("kvmppc_http_listener_connections_refused", "Connections a listener turned away"
+              " at its limit", labels=["listener"]),
+            c("kvmppc_http_listener_connections_evicted", "Connections dropped at the limit,"
+              " having waited longest for a request, to make room", labels=["listener"]),
+            c("kvmppc_http_listener_connections_timed_out", "Connections cut off: a request"
+              " slower than idle_timeout, or answers unread for write_timeout",
+              labels=["listener"]),
         ]
         return {family.name: family for family in families}
 
@@ -173,6 +209,13 @@ class KvmppcCollector:
             assert isinstance(family, CounterMetricFamily)
             family.add_metric([], value)
 
+        def labelled_counter(name: str, value: float, labels: Iterable[str]) -> None:
+            family = families[name]
+            assert isinstance(family, CounterMetricFamily)
+            family.add_metric(list(labels), value)
+
+        gauge("kvmppc_build_info", 1, [__version__, platform.python_version(),
+                                       platform.python_implementation()])
         host, kvm = result.host, result.kvm
         gauge("kvmppc_host_info", 1, [host.arch, host.kernel_release or "",
                                       host.cpu_model or "", host.platform or "",
@@ -206,8 +249,16 @@ class KvmppcCollector:
             gauge("kvmppc_hugepages_surplus_pages", pool.surplus, page_size)
         for mount in result.hugepages.mounts:
             gauge("kvmppc_hugetlbfs_mount_page_size_bytes", mount.page_size, [mount.path])
-        for (kvm_type, backing), size in fleet_answer(result).items():
+        for (kvm_type, backing), size in cached_fleet_answer(cache, result).items():
             gauge("kvmppc_hpt_max_page_size_bytes", size, [kvm_type, backing])
         gauge("kvmppc_http_connections", self._connections())
         counter("kvmppc_http_connections_refused", self._refused())
+        for stats in self._listeners():
+            gauge("kvmppc_http_listener_connections", stats.open, [stats.name])
+            labelled_counter("kvmppc_http_listener_connections_refused", stats.refused,
+                             [stats.name])
+            labelled_counter("kvmppc_http_listener_connections_evicted", stats.evicted,
+                             [stats.name])
+            labelled_counter("kvmppc_http_listener_connections_timed_out", stats.timed_out,
+                             [stats.name])
 
