@@ -42,7 +42,7 @@ class DaemonConfig:
     write_timeout: float = 10.0  # seconds a client may leave its answers unread
     max_connections: int = 128  # on the API socket
     metrics_max_connections: int = 32  # on the metrics socket, apart from the API's
-    max_request_bytes: int = 8192  # request line, headers and body together
+    max_request_bytes: int = 32768  # request line, headers and body (a domain XML in a POST)
     max_headers: int = 32
     log_level: str = "info"
 

@@ -87,7 +87,7 @@ class App:
         self._prepared: tuple[int, int] | None = None
         self._api: dict[str, tuple[tuple[str, ...], Callable[[Request], Any]]] = {
             "/v1/host": (_GET, self.host),
-            "/v1/check": (_GET, self.check),
+            "/v1/check": ((*_GET, "POST"), self.check),
             "/v1/refresh": (("POST",), self.refresh),
             "/v1/health": (_GET, self.health),
             "/metrics": (_GET, self.metrics),
@@ -228,9 +228,17 @@ class App:
         return parsed
 
     def check(self, request: Request) -> Response | Awaitable[Response]:
-        """``kvmppc check --json``'s answer; with ``Accept: text/plain``, its text."""
+        """``kvmppc check --json``'s answer; with ``Accept: text/plain``, its text.  POST: the
+        guest as a QEMU command line (``{"argv": [...]}``) or a libvirt domain (XML)."""
         text = "text/plain" in request.headers.get("accept", "")
         answer, generation, serial = self._state()
+        if request.method == "POST":
+            if request.query:
+                return error_response(400, "POST /v1/check takes the guest in its body only")
+            # Not cached: bodies vary more than questions; the worker keeps the loop free.
+            return asyncio.get_running_loop().run_in_executor(
+                self._worker, _build_input_check, answer, request.headers.get("content-type", ""),
+                request.body, text, self.cache_meta())
         # The same query string as before: its answer without parsing or hashing a request.
         seen = self._seen.get((request.query, text))
         if seen is not None and seen[0] == generation and seen[1] == serial:
@@ -294,6 +302,24 @@ class App:
 
     def metrics(self, request: Request) -> Response:
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+
+def _build_input_check(answer: ProbeResult, content_type: str, body: bytes, text: bool,
+                       meta: dict[str, Any]) -> Response:
+    """A QEMU command line's or a libvirt domain's answer (kvmppc.inputs), in the worker."""
+    from kvmppc.inputs.answer import judge, request_from_body  # noqa: PLC0415 - POST only
+    from kvmppc.inputs.domain_xml import host_memory_from_probe  # noqa: PLC0415 - same
+
+    try:
+        verdict = judge(request_from_body(content_type, body, host_memory_from_probe(answer)),
+                        answer)
+    except UsageError as exc:
+        return error_response(400, str(exc))
+    headers = (("Kvmppc-Answer", verdict.verdict),)
+    if text:
+        return Response(200, f"{verdict.render()}\n{cache_line(meta)}\n".encode(),
+                        "text/plain; charset=utf-8", headers)
+    return json_response(200, {**verdict.to_dict(), "cache": meta}, headers)
 
 
 def _build_check(answer: ProbeResult, request: CheckRequest, text: bool,
