@@ -365,7 +365,13 @@ def probe_kvm(paths: ProbePaths, host: HostInfo) -> KvmInfo:
             error=str(exc),
         )
     with device:
-        api_version = device.api_version()
+        try:
+            api_version = device.api_version()
+        except KvmOSError as exc:
+            # Not a KVM device at all (a path that opens, such as /dev/null, answers ENOTTY):
+            # the KVM part carries the error, as the probe promises, instead of raising.
+            return KvmInfo(paths.kvm_device, True, host.is_powerpc, modules=modules,
+                           error=f"{paths.kvm_device} does not answer KVM_GET_API_VERSION: {exc}")
         if api_version != KVM_API_VERSION:
             return KvmInfo(
                 paths.kvm_device, True, host.is_powerpc, api_version, modules,

@@ -166,6 +166,15 @@ def test_live_probe_on_x86_says_kvm_present_not_powerpc() -> None:
     assert result.host.base_page_size == os.sysconf("SC_PAGE_SIZE")
 
 
+def test_a_device_that_is_not_kvm_is_the_kvm_parts_error_not_a_crash() -> None:
+    """/dev/null opens but answers KVM_GET_API_VERSION with ENOTTY: the probe still returns,
+    the host part intact and the KVM part carrying the error."""
+    result = probe(ProbePaths(kvm_device="/dev/null"))
+    assert result.kvm.present and result.kvm.api_version is None
+    assert result.kvm.error is not None and "KVM_GET_API_VERSION" in result.kvm.error
+    assert result.kvm.vm_types == {} and result.host.error is None
+
+
 @needs_kvm
 def test_no_fd_leak_over_thousands_of_probes() -> None:
     before = set(os.listdir("/proc/self/fd"))
