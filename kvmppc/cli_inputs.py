@@ -10,9 +10,7 @@ starts the guest, 1 it does not, 2 bad input, 3 cannot judge.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
 from kvmppc.errors import ProfileError, UsageError
 
@@ -97,13 +95,15 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
     except (UsageError, ProfileError) as exc:
         return _fail(str(exc))
     if args.json:
+        import json  # noqa: PLC0415 - see cmd_check_inputs
+
         print(json.dumps(answer.to_dict(), indent=2))
     else:
         print(answer.render())
     return answer.exit_code
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``libvirt-hook`` and ``audit``."""
     hook = subparsers.add_parser(
         "libvirt-hook",

@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
 from kvmppc import cli_inputs
 from kvmppc.errors import ProfileError, UsageError
 from kvmppc.host import live_backing, load_probe
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     pass
 
 EXIT_OK = 0

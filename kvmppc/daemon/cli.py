@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
 from kvmppc.cli_policy import add_check_arguments, check_params
 from kvmppc.daemon.defaults import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
