@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -268,3 +269,21 @@ def test_alerts_evaluate_over_the_two_daemons(prometheus: _Prometheus) -> None:
                        f'alertstate="pending",page_size="{2 * MIB}"}}', {"power9": 1})
     assert prometheus.api("query", query='ALERTS{alertname=~"KvmppcGuestsLostBacking|'
                           'KvmppcHugepagesCannotHoldGuest",page_size!="2097152"}')["result"] == []
+
+
+def test_every_dashboard_query_answers(prometheus: _Prometheus) -> None:
+    """Each query of service/grafana/kvmppc-fleet.json returns data from the two daemons
+    through a real Prometheus (no Grafana installs here; its schema is checked in
+    tests/test_grafana_dashboard.py)."""
+    from tests.test_grafana_dashboard import as_promql, dashboard, queries  # noqa: PLC0415
+
+    def answers(expr: str) -> bool:
+        return bool(prometheus.api("query", query=as_promql(expr))["result"])
+
+    exprs = queries(dashboard())
+    assert len(exprs) >= 15
+    for expr in exprs:
+        try:
+            wait_until(partial(answers, expr), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"no answer to the dashboard's {expr!r}") from None
