@@ -226,9 +226,9 @@ class KvmppcCollector:
             key = ((kvm_type, "anonymous", host.base_page_size) if backing == "anonymous"
                    else (kvm_type, "hugetlbfs", mount_page_size[backing]))
             by_page_size[key] = max(size, by_page_size.get(key, 0))
-        for (kvm_type, kind, page_size), size in by_page_size.items():
+        for (kvm_type, kind, backing_page_size), size in by_page_size.items():
             gauge("kvmppc_backing_hpt_max_page_size_bytes", size,
-                  [kvm_type, kind, str(page_size)])
+                  [kvm_type, kind, str(backing_page_size)])
         for pool in result.hugepages.pools:
             gauge("kvmppc_hugepages_page_size_bytes", pool.page_size, [str(pool.page_size)])
         gauge("kvmppc_http_connections", self._connections())
