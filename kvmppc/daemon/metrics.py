@@ -180,6 +180,17 @@ class KvmppcCollector:
             g("kvmppc_hpt_max_page_size_bytes",
               "The largest cap-hpt-max-page-size a pseries guest can start with, per KVM type"
               " and memory backing (0: none)" + probed, labels=["kvm_type", "backing"]),
+            # Fleet-side joins (service/prometheus/kvmppc-rules.yml): the answer keyed by the
+            # backing's page size instead of its path, and pool page sizes as values, since
+            # PromQL cannot turn a label into a number.
+            g("kvmppc_backing_hpt_max_page_size_bytes",
+              "The largest cap-hpt-max-page-size per KVM type and kind of backing (anonymous:"
+              " base pages; hugetlbfs: any mount), keyed by the backing page size (0: none)"
+              + probed,
+              labels=["kvm_type", "backing", "page_size"]),
+            g("kvmppc_hugepages_page_size_bytes",
+              "A hugepage pool's page size, as a value" + probed,
+              labels=["page_size"]),
             g("kvmppc_http_connections", "Open client connections (file descriptors), all"
               " listeners"),
             c("kvmppc_http_connections_refused", "Connections turned away at the limit, all"
@@ -249,8 +260,23 @@ class KvmppcCollector:
             gauge("kvmppc_hugepages_surplus_pages", pool.surplus, page_size)
         for mount in result.hugepages.mounts:
             gauge("kvmppc_hugetlbfs_mount_page_size_bytes", mount.page_size, [mount.path])
-        for (kvm_type, backing), size in cached_fleet_answer(cache, result).items():
+        answer = cached_fleet_answer(cache, result)
+        for (kvm_type, backing), size in answer.items():
             gauge("kvmppc_hpt_max_page_size_bytes", size, [kvm_type, backing])
+        # QEMU reads a backing's page size from the mount (qemu_mempath_getpagesize: statfs
+        # f_bsize on hugetlbfs) or getpagesize() for anonymous RAM, and the policy answers
+        # from that size alone, so mounts of one page size share an answer: one series each.
+        by_page_size: dict[tuple[str, str, int], int] = {}
+        mount_page_size = {mount.path: mount.page_size for mount in result.hugepages.mounts}
+        for (kvm_type, backing), size in answer.items():
+            key = ((kvm_type, "anonymous", host.base_page_size) if backing == "anonymous"
+                   else (kvm_type, "hugetlbfs", mount_page_size[backing]))
+            by_page_size[key] = max(size, by_page_size.get(key, 0))
+        for (kvm_type, kind, backing_page_size), size in by_page_size.items():
+            gauge("kvmppc_backing_hpt_max_page_size_bytes", size,
+                  [kvm_type, kind, str(backing_page_size)])
+        for pool in result.hugepages.pools:
+            gauge("kvmppc_hugepages_page_size_bytes", pool.page_size, [str(pool.page_size)])
         gauge("kvmppc_http_connections", self._connections())
         counter("kvmppc_http_connections_refused", self._refused())
         for stats in self._listeners():
