@@ -11,7 +11,7 @@ import platform
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -45,6 +45,9 @@ class RequestMetrics:
     """The daemon's own behaviour, instrumented directly in its registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # No *_created series: a fleet pays for each (issue 14's budget), and nothing reads
+        # them.  prometheus_client's switch is per process, and this process is the daemon.
+        disable_created_metrics()
         self.requests = Counter(
             "kvmppc_http_requests", "HTTP requests answered, by endpoint and status code",
             ["endpoint", "code"], registry=registry)
