@@ -27,18 +27,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO
 
+from kvmppc.daemon.defaults import DEFAULT_SOCKET
 from kvmppc.errors import KvmppcError, UsageError
 from kvmppc.inputs.answer import Answer, judge
 from kvmppc.inputs.domain_xml import host_memory_from_probe, translate_domain
 from kvmppc.model import ProbeResult
 
-DEFAULT_CONFIG_FILE = "/etc/kvmppc/kvmppc.conf"
-DEFAULT_SOCKET = "/run/kvmppc/kvmppc.sock"
 DAEMON_TIMEOUT_S = 10.0  # libvirt waits for the hook; a hung daemon must not hang starts
 
 
@@ -50,25 +48,13 @@ class HookConfig:
 
 
 def load_hook_config(environ: dict[str, str] | None = None) -> HookConfig:
+    """The settings the hook shares with the daemon (one file, read by the daemon's loader):
+    ``$KVMPPC_CONFIG``, else /etc/kvmppc/kvmppc.conf when it exists, else the defaults."""
+    from kvmppc.daemon.config import load_config  # noqa: PLC0415 - prepare begin only
+
     env = os.environ if environ is None else environ
-    path = env.get("KVMPPC_CONFIG") or DEFAULT_CONFIG_FILE
-    if not env.get("KVMPPC_CONFIG") and not os.path.isfile(path):
-        return HookConfig()
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    socket = data.get("socket", DEFAULT_SOCKET)
-    host_profile = data.get("host_profile", "")
-    assume_kvm = data.get("hook_assume_kvm", False)
-    if not isinstance(socket, str) or not isinstance(host_profile, str):
-        raise UsageError(f"{path}: socket and host_profile must be strings")
-    if not isinstance(assume_kvm, bool):
-        raise UsageError(f"{path}: hook_assume_kvm must be true or false")
-    return HookConfig(socket, host_profile, assume_kvm)
+    config = load_config(env.get("KVMPPC_CONFIG") or None)
+    return HookConfig(config.socket, config.host_profile, config.hook_assume_kvm)
 
 
 def _ask_daemon(config: HookConfig, xml: bytes) -> Answer:

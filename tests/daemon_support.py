@@ -161,16 +161,18 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll until ``condition()`` is truthy; its value.  A bound, not a timing assertion."""
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+               what: Callable[[], str] = lambda: "condition not met") -> Any:
+    """Poll until ``condition()`` is truthy; its value.  A bound, not a timing assertion;
+    ``what()`` says what did not happen (called only then)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.05)
+            raise AssertionError(f"not within {timeout} s: {what()}")
+        time.sleep(interval)
 
 
 def socket_fds(pid: int) -> int:

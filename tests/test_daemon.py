@@ -12,9 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -30,22 +28,11 @@ from tests.daemon_support import (
     run_daemon,
     serve_command,
     traceback_free,
+    wait_until,
 )
 from tests.helpers import free_port
 
 FAST = "device_poll_interval = 0.2\nretry_interval = 0.5\n"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll until ``condition()`` is truthy; its value.  A bound, not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.05)
 
 
 def kvmppc(*args: str) -> subprocess.CompletedProcess[str]:

@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_support import REPO
+from tests.daemon_support import REPO, wait_until
 
 CACHE = Path(os.environ.get("KVMPPC_NSPAWN_CACHE", "/var/tmp/kvmppc-nspawn"))
 TARBALL = CACHE / "bookworm-systemd.tar"
@@ -203,14 +203,7 @@ class Machine:
         return result
 
     def wait(self, condition: Any, timeout: float = 60, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {timeout} s: {what}\n{self.log.read_text()}")
-            time.sleep(0.3)
+        return wait_until(condition, timeout, 0.3, lambda: f"{what}\n{self.log.read_text()}")
 
 
 def _mknod(path: Path, like: str, gid: int, mode: int) -> None:

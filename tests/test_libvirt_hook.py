@@ -129,7 +129,7 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     assert load_hook_config({"KVMPPC_CONFIG": str(conf)}) == HookConfig(
         "/x.sock", "power9-radix-hv", False)
     conf.write_text("hook_assume_kvm = 'yes'\n")
-    with pytest.raises(Exception, match="hook_assume_kvm must be true or false"):
+    with pytest.raises(Exception, match="hook_assume_kvm must be a bool"):
         load_hook_config({"KVMPPC_CONFIG": str(conf)})
     conf.write_text("socket = [\n")
     with pytest.raises(Exception, match="not valid TOML"):

@@ -45,6 +45,10 @@ class DaemonConfig:
     max_request_bytes: int = 32768  # request line, headers and body (a domain XML in a POST)
     max_headers: int = 32
     log_level: str = "info"
+    # The libvirt hook's own (the daemon ignores it): answer type='qemu' domains as if they
+    # were type='kvm', to try a POWER profile on a machine where libvirt runs pseries under
+    # TCG only (kvmppc/libvirt_hook.py).
+    hook_assume_kvm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("refresh_interval", "retry_interval", "device_poll_interval",
@@ -95,6 +99,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     if field_type == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if field_type == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if field_type == "bool" and isinstance(value, bool):
         return value
     if field_type == "str" and isinstance(value, str):
         return value

@@ -47,7 +47,7 @@ class RequestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # No *_created series: a fleet pays for each (issue 14's budget), and nothing reads
         # them.  prometheus_client's switch is per process, and this process is the daemon.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client 0.2x
         self.requests = Counter(
             "kvmppc_http_requests", "HTTP requests answered, by endpoint and status code",
             ["endpoint", "code"], registry=registry)
