@@ -91,6 +91,13 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
             if live and request is not None and request.mem_paths:
                 # As 'kvmppc check --mem-path' does: statfs each path, as QEMU will.
                 backings = [live_backing(probe, path) for path in request.mem_paths]
+        if getattr(args, "qemu_version", None) and translation.request is not None:
+            # --qemu-version applies to a command line or domain too (its syntax is read as
+            # QEMU 7.2 reads it; the answer is the release asked for)
+            import dataclasses  # noqa: PLC0415 - see kvmppc/cli.py's docstring
+
+            translation = dataclasses.replace(translation, request=dataclasses.replace(
+                translation.request, qemu_version=args.qemu_version))
         answer = judge(translation, probe, backings)
     except (UsageError, ProfileError) as exc:
         return _fail(str(exc))

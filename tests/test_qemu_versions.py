@@ -19,14 +19,8 @@ from policy_fdt import cells, read_fdt
 from qemu_oracle import Qemu, need, qemu10, qemu72
 
 from kvmppc.policy._qemu72_cpus import NON_SPAPR_NAMES, NON_SPAPR_PVRS
-from kvmppc.qemu_versions import (
-    MODELLED,
-    NEWEST,
-    QemuTable,
-    choose,
-    parse_version,
-    parse_version_output,
-)
+from kvmppc.probe import probe_qemu_version
+from kvmppc.qemu_versions import MODELLED, QemuTable, parse_version, parse_version_output
 
 pytestmark = pytest.mark.qemu
 
@@ -178,33 +172,8 @@ def test_vanished_machines_and_models_are_refused() -> None:
             assert _lines(run.stderr) == [f"unable to find CPU model '{args[-1]}'"], args
 
 
-@pytest.mark.parametrize(("requested", "installed", "version", "source", "noted"), [
-    (None, None, NEWEST.name, "default", False),
-    ("7.2", "10.0.13", "7.2", "request", False),
-    ("10.0", None, "10.0", "request", False),
-    (None, "7.2.0", "7.2", "installed", False),
-    (None, "10.0.13", "10.0", "installed", False),
-    (None, "8.2.2", "7.2", "installed", True),  # Ubuntu 24.04: nearer 7.2 than 10.0
-    (None, "9.2.1", "10.0", "installed", True),
-    (None, "11.0.0", "10.0", "installed", True),
-    (None, "6.2.0", "7.2", "installed", True),
-    (None, "garbage", NEWEST.name, "default", True),
-])
-def test_choose(requested: str | None, installed: str | None, version: str, source: str,
-                noted: bool) -> None:
-    """Asked for wins; else the installed version or the nearest modelled, saying so."""
-    choice = choose(requested, installed)
-    assert (choice.version, choice.source, bool(choice.notes)) == (version, source, noted)
-
-
-@pytest.mark.parametrize("text", ["8.0", "10", "ten", "", "10.0.0.0"])
-def test_choose_refuses_unmodelled_request(text: str) -> None:
-    with pytest.raises(ValueError, match="not"):
-        choose(text)
-
-
-def test_parse_version_output() -> None:
-    assert parse_version_output(
-        "QEMU emulator version 10.0.13 (Debian 1:10.0.13+ds-0+deb13u1)\nCopyright") == "10.0.13"
-    assert parse_version_output("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7)") == "7.2.19"
-    assert parse_version_output("qemu-system-ppc64: command not found") is None
+def test_probe_records_the_installed_version() -> None:
+    """The probe asks the installed qemu-system-ppc64 (the host's: 7.2)."""
+    qemu = need(qemu72())
+    assert probe_qemu_version("qemu-system-ppc64") == parse_version_output(qemu.version_line)
+    assert probe_qemu_version("kvmppc-no-such-qemu") is None
