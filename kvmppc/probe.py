@@ -11,6 +11,7 @@ a probe taken on one POWER host that can be examined anywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -110,6 +111,17 @@ def probe_qemu_version(binary: str | None) -> str | None:
     path = shutil.which(binary)
     if path is None:
         return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    # Asked once per installed binary: the daemon re-probes often, and starting QEMU costs
+    # tens of milliseconds; a package upgrade replaces the file (new inode, mtime).
+    return _qemu_version_of(path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _qemu_version_of(path: str, _ino: int, _mtime_ns: int, _size: int) -> str | None:
     try:
         proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20,
                               check=False, env={"LC_ALL": "C", "PATH": os.defpath})
