@@ -81,7 +81,15 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
         live = not args.host_profile
         backings = None
         if args.domain is not None:
-            translation = translate_domain(_read(args.domain), host_memory_from_probe(probe))
+            from kvmppc.qemu_versions import choose  # noqa: PLC0415 - see kvmppc/cli.py
+
+            # libvirt writes the machine the release's "pseries" alias stands for
+            try:
+                release = choose(getattr(args, "qemu_version", None), probe.host.qemu_version)
+            except ValueError as exc:
+                raise UsageError(f"--qemu-version: {exc}") from None
+            translation = translate_domain(_read(args.domain), host_memory_from_probe(probe),
+                                           pseries=release.table.default_machine)
         else:
             argv = args.qemu_argv
             if argv == ["-"]:

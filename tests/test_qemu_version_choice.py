@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from policy_hosts import hv_host
@@ -115,3 +116,18 @@ def test_cli_qemu_version_flag() -> None:
     assert "QEMU 7.2 would" in argv.stdout, argv.stderr
     bad = _kvmppc("pagesizes", "--qemu-version", "9.1")
     assert bad.returncode == 2 and "QEMU 9.1 is not modelled" in bad.stderr
+
+
+def test_cli_domain_pseries_is_the_release_default(tmp_path: Path) -> None:
+    """A domain's machine='pseries' is what that release's alias stands for."""
+    xml = tmp_path / "g.xml"
+    xml.write_text("<domain type='kvm'><name>g</name><memory unit='GiB'>1</memory>"
+                   "<os><type arch='ppc64le' machine='pseries'>hvm</type></os></domain>")
+    for version, machine in (("7.2", "pseries-7.2"), ("10.0", "pseries-10.0")):
+        run = _kvmppc("check", "--host-profile", "power9-radix-hv", "--qemu-version", version,
+                      "--domain", str(xml))
+        assert f"QEMU {version} would start this guest" in run.stdout, run.stderr
+        assert f"machine {machine}," in run.stdout
+    bad = _kvmppc("check", "--host-profile", "power9-radix-hv", "--qemu-version", "6.0",
+                  "--domain", str(xml))
+    assert bad.returncode == 2 and "QEMU 6.0 is not modelled" in bad.stderr
