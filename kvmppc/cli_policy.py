@@ -37,13 +37,16 @@ def register(subparsers: Any) -> None:
     sizes = subparsers.add_parser(
         "pagesizes",
         help="the hash page sizes a pseries guest will see (ibm,segment-page-sizes)",
-        description="Show the page-size table QEMU 7.2 gives a pseries guest: the CPU model's"
+        description="Show the page-size table QEMU gives a pseries guest: the CPU model's"
         " hash-MMU table filtered by cap-hpt-max-page-size, as the device-tree cells.",
     )
+    sizes.add_argument("--qemu-version", metavar="7.2|10.0",
+                       help="the QEMU release to answer for (default: the installed"
+                       " qemu-system-ppc64's, else the newest modelled)")
     sizes.add_argument("--cpu", metavar="MODEL",
                        help="QEMU -cpu model (default: the machine type's own)")
     sizes.add_argument("--machine", metavar="TYPE", default="pseries",
-                       help="pseries machine type (default: pseries, i.e. pseries-7.2)")
+                       help="pseries machine type (default: pseries, the release's newest)")
     sizes.add_argument("--max-page-size", metavar="SIZE",
                        help="cap-hpt-max-page-size, in QEMU's size syntax (default: the"
                        " machine's)")
@@ -53,7 +56,7 @@ def register(subparsers: Any) -> None:
     chk = subparsers.add_parser(
         "check",
         help="would QEMU start this pseries guest on this host? (exit 0 yes, 1 no)",
-        description="Replay QEMU 7.2's start-up decisions about cap-hpt-max-page-size on this"
+        description="Replay QEMU's start-up decisions about cap-hpt-max-page-size on this"
         " host (or a saved host profile): its errors and warnings word for word, the guest's"
         " page sizes, and what to change.  Exit 0: QEMU starts; 1: it does not; 2: bad"
         " arguments.",
@@ -83,6 +86,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: kvm when the host has a usable PowerPC KVM, else tcg")
     parser.add_argument("--kvm-type", metavar="HV|PR",
                         help="KVM implementation (default: the kernel's default VM type)")
+    parser.add_argument("--qemu-version", metavar="7.2|10.0",
+                        help="the QEMU release to answer for (default: the one the probe found"
+                        " installed, else the newest modelled)")
 
 
 def check_params(args: argparse.Namespace, *, absolute_paths: bool) -> dict[str, str | list[str]]:
@@ -91,7 +97,8 @@ def check_params(args: argparse.Namespace, *, absolute_paths: bool) -> dict[str,
     params: dict[str, str | list[str]] = {"machine": args.machine}
     for key, value in (("max_page_size", args.max_page_size), ("cpu", args.cpu),
                        ("memory", args.memory), ("accel", args.accel),
-                       ("kvm_type", args.kvm_type)):
+                       ("kvm_type", args.kvm_type),
+                       ("qemu_version", getattr(args, "qemu_version", None))):
         if value is not None:
             params[key] = value
     if args.mem_path:
@@ -110,12 +117,22 @@ def cmd_pagesizes(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415 - see the docstring
 
     from kvmppc.policy import QemuRefusalError, pagesizes  # noqa: PLC0415 - see the docstring
+    from kvmppc.policy.machines import qemu_models  # noqa: PLC0415 - same
+    from kvmppc.probe import probe_qemu_version  # noqa: PLC0415 - same
+    from kvmppc.qemu_versions import choose  # noqa: PLC0415 - same
     from kvmppc.render import page_sizes_json, render_page_sizes  # noqa: PLC0415 - same
 
     try:
-        result = pagesizes(args.cpu, args.machine, args.max_page_size)
+        installed = None if args.qemu_version else probe_qemu_version("qemu-system-ppc64")
+        choice = choose(args.qemu_version, installed)
+        result = pagesizes(args.cpu, args.machine, args.max_page_size,
+                           qemu_models(choice.table))
+    except ValueError as exc:
+        return _fail_usage(f"--qemu-version: {exc}")
     except QemuRefusalError as exc:
         return _fail_usage(str(exc))
+    for note in choice.notes:
+        print(f"kvmppc: note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(page_sizes_json(result), indent=2))
     else:

@@ -191,6 +191,9 @@ class HostInfo:
     mmu: str | None  # "radix" or "hash"
     base_page_size: int
     error: str | None = None
+    # ``qemu-system-ppc64 --version`` ("10.0.13"), None when not installed or not probed
+    # (profiles taken before kvmppc recorded it load with None)
+    qemu_version: str | None = None
 
     @property
     def is_powerpc(self) -> bool:

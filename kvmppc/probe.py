@@ -11,8 +11,11 @@ a probe taken on one POWER host that can be examined anywhere.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -36,6 +39,7 @@ from kvmppc.model import (
     SmmuSource,
     VmTypeInfo,
 )
+from kvmppc.qemu_versions import parse_version_output
 
 KVM_API_VERSION = 12  # include/uapi/linux/kvm.h: the only stable API there has been
 
@@ -48,6 +52,8 @@ class ProbePaths:
     proc: str = "/proc"
     sys: str = "/sys"
     mounts: str = "/proc/self/mounts"
+    # the QEMU whose version decides which release kvmppc models by default; None: don't ask
+    qemu: str | None = "qemu-system-ppc64"
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,6 +99,37 @@ def parse_cpuinfo(text: str) -> dict[str, str | int | None]:
     return {"cpu_model": cpu_model, "pvr": pvr, "platform": platform, "mmu": mmu}
 
 
+def probe_qemu_version(binary: str | None) -> str | None:
+    """``BINARY --version``'s release ("10.0.13"), or None when it is missing or says none.
+
+    The first line reads "QEMU emulator version 10.0.13 (Debian 1:10.0.13+ds-0+deb13u1)"
+    (system/vl.c ``version()``).  A missing QEMU is not a probe error: kvmppc then answers
+    for the newest release it models.
+    """
+    if binary is None:
+        return None
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    # Asked once per installed binary: the daemon re-probes often, and starting QEMU costs
+    # tens of milliseconds; a package upgrade replaces the file (new inode, mtime).
+    return _qemu_version_of(path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _qemu_version_of(path: str, _ino: int, _mtime_ns: int, _size: int) -> str | None:
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20,
+                              check=False, env={"LC_ALL": "C", "PATH": os.defpath})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_version_output(proc.stdout)
+
+
 def probe_host(paths: ProbePaths, *, machine: str, base_page_size: int) -> HostInfo:
     errors = []
     release: str | None = None
@@ -119,6 +156,7 @@ def probe_host(paths: ProbePaths, *, machine: str, base_page_size: int) -> HostI
         mmu=mmu if isinstance(mmu, str) else None,
         base_page_size=base_page_size,
         error="; ".join(errors) or None,
+        qemu_version=probe_qemu_version(paths.qemu),
     )
 
 

@@ -133,6 +133,7 @@ def cache_line(meta: Mapping[str, Any]) -> str:
 
 def page_sizes_json(sizes: PageSizes) -> dict[str, Any]:
     return {
+        "qemu_version": sizes.qemu_version,
         "cpu": sizes.cpu.name,
         "cpu_family": sizes.cpu.family,
         "hash_table": sizes.cpu.hash64.value,
@@ -311,7 +312,8 @@ def check_json(result: CheckResult) -> dict[str, Any]:
     return {
         "ok": result.ok,
         "answer": "yes" if result.ok else "no",
-        "qemu_version_modelled": "7.2",
+        "qemu_version": result.qemu_version,
+        "qemu_version_modelled": result.qemu_version,  # the older name, kept for readers
         "request": result.request.to_dict(),
         "errors": [p.message for p in result.errors],
         "error_details": [_problem_json(p) for p in result.errors],
@@ -358,7 +360,7 @@ def _problem_line(problem: Problem) -> str:
 def render_check(result: CheckResult) -> str:
     """``kvmppc check``'s text."""
     lines = [
-        "kvmppc check: QEMU 7.2 would " + ("start this guest" if result.ok else
+        f"kvmppc check: QEMU {result.qemu_version} would " + ("start this guest" if result.ok else
                                            "NOT start this guest")
     ]
     desc = []

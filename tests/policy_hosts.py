@@ -83,8 +83,11 @@ def host(
     hv: VmTypeInfo | None = None,
     pr: VmTypeInfo | None = None,
     default: VmTypeInfo | None = None,
+    qemu_version: str | None = "7.2.22",
 ) -> ProbeResult:
-    """A POWER host.  ``pools`` are (page size, total, free); ``mounts`` (path, page size)."""
+    """A POWER host.  ``pools`` are (page size, total, free); ``mounts`` (path, page size).
+    ``qemu_version``: the installed QEMU the probe recorded (Debian 12's 7.2 unless told), the
+    release kvmppc answers for by default."""
     vm_types: dict[str, VmTypeInfo] = {}
     if default is None:
         default = hv or pr
@@ -96,7 +99,8 @@ def host(
             vm_types[name] = replace(vm, name=name, vm_type=VM_TYPES[name])
     return ProbeResult(
         host=HostInfo(arch="ppc64le", kernel_release="6.1.0", cpu_model="POWER",
-                      pvr=pvr, platform="PowerNV", mmu=mmu, base_page_size=base_page_size),
+                      pvr=pvr, platform="PowerNV", mmu=mmu, base_page_size=base_page_size,
+                      qemu_version=qemu_version),
         hugepages=HugepageInfo(
             default_page_size=pools[0][0] if pools else None,
             pools=tuple(HugepagePool(size, total, free, 0, 0) for size, total, free in pools),

@@ -218,9 +218,13 @@ def test_kvmppc_query_check_takes_check_flags(tmp_path: Path) -> None:
     with run_daemon(tmp_path / "d", "--host-profile", str(profile)) as daemon:
         sock = ("--socket", daemon.socket_path)
         yes = kvmppc("query", "check", "--max-page-size", "2M", "--mem-path",
-                     "/dev/hugepages/vm", *sock)
+                     "/dev/hugepages/vm", "--qemu-version", "7.2", *sock)
         assert yes.returncode == 0, yes.stderr
         assert "QEMU 7.2 would start this guest" in yes.stdout
+        # The profile records no QEMU: the newest modelled release answers.
+        newest = kvmppc("query", "check", "--max-page-size", "2M", "--mem-path",
+                        "/dev/hugepages/vm", *sock)
+        assert "QEMU 10.0 would start this guest" in newest.stdout, newest.stderr
         no = kvmppc("query", "check", "--max-page-size", "16M", *sock)
         assert no.returncode == 1
         assert "Can't support 16384 kiB guest pages with 64 kiB host pages" in no.stdout
@@ -230,6 +234,8 @@ def test_kvmppc_query_check_takes_check_flags(tmp_path: Path) -> None:
         # Refused by the daemon (400), relayed as check's exit 2 with the daemon's words.
         bad = kvmppc("query", "check", "--kvm-type", "XX", *sock)
         assert bad.returncode == 2 and "Unknown kvm-type specified 'XX'" in bad.stderr
+        bad = kvmppc("query", "check", "--qemu-version", "8.0", *sock)
+        assert bad.returncode == 2 and "QEMU 8.0 is not modelled" in bad.stderr
         # Refused before asking, by the flags query shares with check.
         bad = kvmppc("query", "check", "--accel", "xen", *sock)
         assert bad.returncode == 2 and "invalid choice: 'xen'" in bad.stderr

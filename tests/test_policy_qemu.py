@@ -1,24 +1,26 @@
-"""Differential test: kvmppc's policy against the real qemu-system-ppc64 (Debian's 7.2).
+"""Differential test: kvmppc's policy against the real qemu-system-ppc64, 7.2 and 10.0.
 
-Each case runs ``qemu-system-ppc64 -M <machine>,cap-hpt-max-page-size=V,dumpdtb=FILE -accel
-tcg -cpu X [-m M]``.  A pseries machine that gets through its first reset writes the device
-tree and exits 0 ("dtb dumped to ... Exiting."), so accept/reject, QEMU's messages and the
-guest's ``ibm,segment-page-sizes`` can all be compared with ``kvmppc.policy.check`` on the
-same request.  Under TCG the KVM-only checks (backing, ``kvm_check_mmu``, VRMA, MMU mode) do
+QEMU 7.2 is the host's (Debian 12); QEMU 10.0 is Debian 13's, run in a Debian 13 root
+(tests/qemu_oracle.py).  Each case runs ``qemu-system-ppc64 -M <machine>,cap-hpt-max-page-size=V
+-accel tcg -cpu X [-m M]``.  7.2 takes ``dumpdtb=FILE`` on the machine: a pseries machine that
+gets through its first reset writes the device tree and exits 0 ("dtb dumped to ...
+Exiting.").  10.0 no longer honours that at start-up, so it starts with ``-S -qmp stdio`` and
+the tree is taken with QMP ``dumpdtb`` after the first reset.  Either way accept/reject,
+QEMU's messages and the guest's ``ibm,segment-page-sizes`` can all be compared with
+``kvmppc.policy.check`` on the same request, with ``qemu_version`` set to the release run.
+Under TCG the KVM-only checks (backing, ``kvm_check_mmu``, VRMA, MMU mode) do
 not run; tests/test_policy_tables.py pins those.
 
-The grid: every size spelling below on the default machine; every CPU name (models, aliases,
-case variants, PVR spellings, refusals) at four cap values; every machine version family
-with five CPU models and four caps; ``-m`` spellings; and combinations whose order matters.
-QEMU runs two at a time.
+The grid, per release: every size spelling below on the default machine; every CPU name of
+either release (models, aliases, case variants, PVR spellings, refusals) at four cap values;
+machine types of either release (deprecated, removed and new ones included) with the CPU
+families and five caps; ``-m`` spellings; and combinations whose order matters.  QEMU runs
+two at a time.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,19 +29,14 @@ from pathlib import Path
 
 import pytest
 from policy_fdt import cells, read_fdt
+from qemu_oracle import Qemu, need, qemu10, qemu72
 
 from kvmppc.policy import CheckRequest, check
-from kvmppc.policy._qemu72_cpus import NON_SPAPR_NAMES, NON_SPAPR_PVRS
-from kvmppc.policy.machines import MACHINE_TYPES, SPAPR_CPU_ALIASES, SPAPR_CPU_MODELS
 from kvmppc.probe import probe as live_probe
 from kvmppc.profiles import load_profile
+from kvmppc.qemu_versions import MODELLED
 
-QEMU = shutil.which("qemu-system-ppc64")
-pytestmark = [
-    pytest.mark.qemu,
-    pytest.mark.skipif(QEMU is None, reason="qemu-system-ppc64 is not installed"
-                       " (Debian package qemu-system-ppc, see scripts/setup-system.sh)"),
-]
+pytestmark = pytest.mark.qemu
 
 PREFIX = "qemu-system-ppc64: "
 # TCG's own complaints about the Spectre capabilities: printed for every machine, nothing to
@@ -85,12 +82,17 @@ SIZES_INVALID = [
     "0x1.8k", "inf", "nan", "1.5e-4k", "64k\t", "16EB", "1.0", "0.5b", "0.7", "--4k",
     "+-4k", "18446744073709551615", "0xffffffffffffffff", "15E", "3k",
 ]
-CPUS_ACCEPTED = (
-    sorted(SPAPR_CPU_MODELS) + sorted(SPAPR_CPU_ALIASES)
-    + ["POWER9", "Power8E", "POWER5+", "power5GS", "POWER10_V2.0", "PoWeR7+", "max"]
-    + ["004e1200", "0x004e1200", "004E1200", "+04e1200", "  4e1200", "0x4e1200", "00800100",
-       "003f0203", "00390202", "00440100", "004a0201"]
-)
+# The models and aliases of both releases: each release's matrix has the other's names too.
+_NAMES = sorted({name for table in MODELLED.values()
+                 for name in [*table.cpus, *table.cpu_aliases, *table.cpu_aliases_listed_only]})
+CPUS_ACCEPTED = [
+    *_NAMES,
+    "POWER9", "Power8E", "POWER5+", "power5GS", "POWER10_V2.0", "PoWeR7+", "max",
+    "004e1200", "0x004e1200", "004E1200", "+04e1200", "  4e1200", "0x4e1200", "00800100",
+    "003f0203", "00390202", "00440100", "004a0201",
+    # PVRs new in 10.0: power9_v2.2, power10_v2.0 (changed), power11_v2.0
+    "004e1202", "00801200", "00821200", "POWER11", "Power5P_V2.1",
+]
 CPUS_REFUSED = [
     "4e1200", "0X004E1200", " 004e1200", "power9_v2.2", "970fx", "ppc64", "nonsense", "MAX",
     "host", "003f0201", "00080100", "00000000", "e500", "G4", "power11", "power9_v3.0",
@@ -108,19 +110,34 @@ MEMORIES = [
     "0.0001k", "1b", " 512", "512 ", "1.5", "2G", "17592186044416", "0x200M", "0x400",
     "0x10k",
 ]
+# QEMU 10.0's grid: its machine types (deprecated 3.0 ... 7.0, new 8.0 ... 10.0) and some
+# 7.2 had; POWER11; negative -m values (parse_uint's ERANGE since QEMU 8.1).
+MACHINES_10 = [
+    "pseries", "pseries-10.0", "pseries-9.2", "pseries-9.0", "pseries-8.2", "pseries-8.0",
+    "pseries-7.2", "pseries-7.1", "pseries-7.0", "pseries-6.2", "pseries-5.0", "pseries-4.2",
+    "pseries-4.0", "pseries-3.1", "pseries-3.0", "pseries-2.12", "pseries-2.12-sxxm",
+    "pseries-2.11", "pseries-2.1",
+]
+MACHINES_REFUSED_10 = ["pseries-1.0", "PSERIES", "pseries-10.1", "pseries-2.13", "spapr"]
+MEMORIES_10 = [*MEMORIES, "-1", "-0", "-1G", ".5G", "0x200", "1.5G"]
 
 
-def _cases() -> list[Case]:
+def _cases(version: str = "7.2") -> list[Case]:
+    new = version == "10.0"
     cases: list[Case] = [Case()]
     cases += [Case(size=size) for size in SIZES_VALID + SIZES_INVALID]
     for cpu in CPUS_ACCEPTED + CPUS_REFUSED:
         cases += [Case(size=size, cpu=cpu) for size in (None, "4k", "16M", "16G")]
-    for machine in MACHINES:
-        for cpu in (None, "970", "power5+", "power7", "power8", "power9", "power10"):
+    families = ["970", "power5+", "power7", "power8", "power9", "power10"]
+    for machine in MACHINES_10 if new else MACHINES:
+        for cpu in [None, *families, *(["power11"] if new else [])]:
             cases += [Case(machine, size, cpu) for size in (None, "4k", "64k", "16M", "16G")]
-    cases += [Case(machine) for machine in MACHINES_REFUSED]
-    for machine in ("pseries", "pseries-2.4", "pseries-4.2"):
-        cases += [Case(machine, size, memory=m) for m in MEMORIES for size in (None, "2k")]
+    cases += [Case(machine) for machine in (MACHINES_REFUSED_10 if new else MACHINES_REFUSED)]
+    memory_machines = ("pseries", "pseries-3.0", "pseries-4.2") if new else (
+        "pseries", "pseries-2.4", "pseries-4.2")
+    for machine in memory_machines:
+        cases += [Case(machine, size, memory=m) for m in (MEMORIES_10 if new else MEMORIES)
+                  for size in (None, "2k")]
     # Which error comes first when several apply.
     cases += [
         Case(size="abc", cpu="nonsense"),
@@ -139,11 +156,22 @@ def _cases() -> list[Case]:
         Case(size="0x1p16", memory="0x10"),
         Case(cpu="max", memory="100M"),
     ]
+    if new:  # a deprecated machine's warning against the errors before and after it
+        cases += [
+            Case("pseries-4.2", cpu="nonsense"),
+            Case("pseries-5.0", size="abc"),
+            Case("pseries-6.2", memory="1x"),
+            Case("pseries-6.2", memory="0x10"),
+            Case("pseries-3.0", size="2k"),
+            Case("pseries-7.0", memory="300M"),
+            Case("pseries-3.1", size="0x10k", cpu="power9"),
+            Case("pseries-4.0", cpu="power9_v1.0", memory="100M"),
+        ]
     seen: set[Case] = set()
     return [c for c in cases if not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]
 
 
-CASES = _cases()
+CASES = {"7.2": _cases("7.2"), "10.0": _cases("10.0")}
 
 
 @dataclass(frozen=True)
@@ -154,23 +182,26 @@ class QemuRun:
     dtb: bytes | None
 
 
-def _run_qemu(case: Case, workdir: str, index: int) -> QemuRun:
-    assert QEMU is not None
-    dtb = Path(workdir, f"{index}.dtb")
+def _run_qemu(qemu: Qemu, case: Case, workdir: str, index: int) -> QemuRun:
     machine = case.machine
     if case.size is not None:
         # keyval: a comma inside a value is written twice.
         machine += ",cap-hpt-max-page-size=" + case.size.replace(",", ",,")
-    machine += f",dumpdtb={dtb}"
-    argv = [QEMU, "-M", machine, "-accel", "tcg", "-nodefaults", "-nographic"]
+    args = ["-accel", "tcg", "-nodefaults"]
     if case.cpu is not None:
-        argv += ["-cpu", case.cpu]
+        args += ["-cpu", case.cpu]
     if case.memory is not None:
-        argv += ["-m", case.memory]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "LC_ALL": "C"})
+        args += ["-m", case.memory]
+    if qemu.version[:2] >= (8, 2):  # dumpdtb= no longer reaches start-up: QMP dumpdtb
+        run = qemu.run_dtb(["-M", machine, "-display", "none", *args], timeout=60)
+        returncode, stderr, blob = run.returncode, run.stderr, run.dtb
+    else:
+        dtb = Path(workdir, f"{index}.dtb")
+        run = qemu.run(["-M", f"{machine},dumpdtb={dtb}", "-nographic", *args], timeout=60)
+        returncode, stderr = run.returncode, run.stderr
+        blob = dtb.read_bytes() if dtb.exists() else None
     errors, warnings = [], []
-    for line in proc.stderr.splitlines():
+    for line in stderr.splitlines():
         if not line.startswith(PREFIX):
             continue  # hints (error_append_hint) continue the previous message
         text = line[len(PREFIX):]
@@ -181,18 +212,25 @@ def _run_qemu(case: Case, workdir: str, index: int) -> QemuRun:
                 warnings.append(text)
         else:
             errors.append(text)
-    blob = dtb.read_bytes() if dtb.exists() else None
-    return QemuRun(proc.returncode, tuple(errors), tuple(warnings), blob)
+    return QemuRun(returncode, tuple(errors), tuple(warnings), blob)
 
 
 @pytest.fixture(scope="module")
-def qemu_runs() -> Iterator[dict[Case, QemuRun]]:
-    with tempfile.TemporaryDirectory(prefix="kvmppc-qemu-") as workdir, ThreadPoolExecutor(
-        max_workers=2
-    ) as pool:
-        futures = {case: pool.submit(_run_qemu, case, workdir, i) for i, case in
-                   enumerate(CASES)}
-        yield {case: future.result() for case, future in futures.items()}
+def qemu_runs() -> Iterator[dict[str, dict[Case, QemuRun]]]:
+    """Each release's whole grid, run once on first use (a release that cannot run here
+    skips its cases, or fails them with CI=true)."""
+    yield {}
+
+
+def _runs_for(version: str, runs: dict[str, dict[Case, QemuRun]]) -> dict[Case, QemuRun]:
+    qemu = need(qemu72() if version == "7.2" else qemu10())
+    if version not in runs:
+        with tempfile.TemporaryDirectory(prefix="kvmppc-qemu-") as workdir, \
+                ThreadPoolExecutor(max_workers=2) as pool:
+            futures = {case: pool.submit(_run_qemu, qemu, case, workdir, i)
+                       for i, case in enumerate(CASES[version])}
+            runs[version] = {case: future.result() for case, future in futures.items()}
+    return runs[version]
 
 
 @pytest.fixture(scope="module")
@@ -207,15 +245,21 @@ def _cpu_node(tree: dict[str, dict[str, bytes]]) -> dict[str, bytes]:
     return tree[nodes[0]]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_matches_qemu(case: Case, qemu_runs: dict[Case, QemuRun], probe) -> None:  # type: ignore[no-untyped-def]
+_PARAMS = [(version, case) for version, cases in CASES.items() for case in cases]
+
+
+@pytest.mark.parametrize(("version", "case"), _PARAMS,
+                         ids=[f"{v}:{c.id}" for v, c in _PARAMS])
+def test_matches_qemu(version: str, case: Case, qemu_runs: dict[str, dict[Case, QemuRun]],
+                      probe) -> None:  # type: ignore[no-untyped-def]
     """kvmppc says what QEMU says: accept/reject, first error, warnings, guest table, model."""
-    run = qemu_runs[case]
+    run = _runs_for(version, qemu_runs)[case]
     result = check(
         probe,
         CheckRequest(max_page_size=case.size, cpu=case.cpu, machine=case.machine,
-                     memory=case.memory, accel="tcg"),
+                     memory=case.memory, accel="tcg", qemu_version=version),
     )
+    assert result.qemu_version == version
     qemu_says = list(run.warnings) + list(run.errors[:1])
     assert list(result.qemu_output) == qemu_says, (run, result.errors, result.warnings)
     assert result.ok == (run.returncode == 0), run
@@ -237,57 +281,20 @@ def test_matches_qemu(case: Case, qemu_runs: dict[Case, QemuRun], probe) -> None
 
 def test_grid_size() -> None:
     """The grid stays big enough to mean something."""
-    assert len(CASES) > 600
+    assert len(CASES["7.2"]) > 600 and len(CASES["10.0"]) > 600
 
 
-def test_accel_kvm_on_this_host_matches_qemu() -> None:
-    """On a non-POWER host QEMU has no KVM accelerator for ppc64, and kvmppc says so."""
-    assert QEMU is not None
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_accel_kvm_on_this_host_matches_qemu(version: str) -> None:
+    """On a non-POWER host QEMU has no KVM accelerator for ppc64, and kvmppc says so.
+    (The CPU tables and machine lists are compared with both releases in
+    tests/test_qemu_versions.py.)"""
+    qemu = need(qemu72() if version == "7.2" else qemu10())
     live = live_probe()
     if live.host.is_powerpc:
         pytest.skip("this host is POWER: -accel kvm may work here")
-    proc = subprocess.run([QEMU, "-M", "pseries", "-accel", "kvm", "-nodefaults",
-                           "-nographic"], capture_output=True, text=True, timeout=60,
-                          check=False)
-    first = proc.stderr.splitlines()[0].removeprefix(PREFIX)
-    result = check(live, CheckRequest(accel="kvm"))
-    assert not result.ok and proc.returncode != 0
+    run = qemu.run(["-M", "pseries", "-accel", "kvm", "-nodefaults", "-display", "none"])
+    first = run.stderr.splitlines()[0].removeprefix(PREFIX)
+    result = check(live, CheckRequest(accel="kvm", qemu_version=version))
+    assert not result.ok and run.returncode != 0
     assert result.errors[0].message == first
-
-
-def _cpu_help() -> tuple[dict[str, int], dict[str, str]]:
-    assert QEMU is not None
-    out = subprocess.run([QEMU, "-M", "pseries", "-cpu", "help"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
-    models, aliases = {}, {}
-    for line in out.splitlines():
-        if m := re.match(r"PowerPC (\S+)\s+PVR ([0-9a-f]{8})$", line.strip()):
-            models[m.group(1)] = int(m.group(2), 16)
-        elif m := re.match(r"PowerPC (\S+)\s+\(alias for (\S+)\)$", line.strip()):
-            aliases[m.group(1)] = m.group(2)
-    return models, aliases
-
-
-def test_cpu_tables_match_qemu_cpu_help() -> None:
-    """The pseries models, their PVRs and aliases, and the non-pseries names are QEMU's."""
-    models, aliases = _cpu_help()
-    for name, model in SPAPR_CPU_MODELS.items():
-        assert models[name] == model.pvr
-    for alias, target in SPAPR_CPU_ALIASES.items():
-        assert aliases[alias] == target
-    others = {n for n in models if n not in SPAPR_CPU_MODELS}
-    others |= {a for a, t in aliases.items() if t not in SPAPR_CPU_MODELS}
-    assert others == NON_SPAPR_NAMES
-    assert {p for n, p in models.items() if n not in SPAPR_CPU_MODELS} == NON_SPAPR_PVRS
-
-
-def test_machine_list_matches_qemu() -> None:
-    """kvmppc knows exactly the pseries machine types QEMU offers, and their alias."""
-    assert QEMU is not None
-    out = subprocess.run([QEMU, "-M", "help"], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
-    names = {line.split()[0] for line in out.splitlines() if line.startswith("pseries")}
-    assert names == set(MACHINE_TYPES)
-    alias = re.search(r"^pseries\s.*\(alias of (\S+)\)", out, re.M)
-    assert alias is not None
-    assert MACHINE_TYPES["pseries"].name == alias.group(1)

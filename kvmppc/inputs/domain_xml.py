@@ -156,9 +156,11 @@ class _Cell:
     memory: int  # bytes
 
 
-def domain_to_argv(text: str | bytes, host: HostMemory) -> tuple[list[str], dict[str, str]]:
+def domain_to_argv(text: str | bytes, host: HostMemory,
+                   pseries: str = QEMU72_PSERIES) -> tuple[list[str], dict[str, str]]:
     """The command line libvirt 9.0 builds (the options that bear on page sizes), and facts
-    about the domain (name, type) for the answer."""
+    about the domain (name, type) for the answer.  ``pseries``: what the installed QEMU's
+    ``pseries`` alias stands for (libvirt asks QEMU; pseries-10.0 for QEMU 10.0)."""
     root = parse_domain(text)
     name = (root.findtext("name") or "").strip()
     if not name:
@@ -177,7 +179,7 @@ def domain_to_argv(text: str | bytes, host: HostMemory) -> tuple[list[str], dict
             " ppc64/ppc64le pseries domains)"
         )
     if machine == "pseries":
-        machine = QEMU72_PSERIES
+        machine = pseries
     emulator = (root.findtext("devices/emulator") or "/usr/bin/qemu-system-ppc64").strip()
     argv = [emulator]
 
@@ -354,13 +356,13 @@ def _parse_nodeset(text: str) -> set[int]:
 
 
 def translate_domain(text: str | bytes, host: HostMemory,
-                     assume_kvm: bool = False) -> Translation:
+                     assume_kvm: bool = False, pseries: str = QEMU72_PSERIES) -> Translation:
     """The domain as a :class:`Translation`: libvirt's command line, read by QEMU's rules.
 
     ``assume_kvm`` answers for a ``type='qemu'`` domain as though it were ``type='kvm'``
     (only for trying a POWER host profile on a machine where libvirt accepts nothing else).
     """
-    argv, facts = domain_to_argv(text, host)
+    argv, facts = domain_to_argv(text, host, pseries)
     if assume_kvm and facts["domain_type"] == "qemu":
         index = argv.index("-accel")
         argv[index + 1] = "kvm"

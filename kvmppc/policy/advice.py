@@ -15,7 +15,7 @@ from kvmppc.policy.backing import Backing
 from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT
 from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
-from kvmppc.policy.machines import CpuModel, host_cpu_model
+from kvmppc.policy.machines import CpuModel, host_cpu_model, qemu_models
 from kvmppc.policy.problems import ProblemKind
 from kvmppc.policy.request import CheckRequest
 from kvmppc.policy.result import Advice, CapAdvice, CheckResult, HugepageOption, Suggestion
@@ -63,7 +63,7 @@ def advise(probe: ProbeResult, result: CheckResult) -> Advice | None:
             " a host kernel with 64 KiB pages lifts this"
         )
     if K.MMU_MODE in kinds:
-        family = host_cpu_model(probe.host.pvr)
+        family = host_cpu_model(probe.host.pvr, qemu_models(result.qemu_version or None))
         if family is not None and family.radix_capable:
             suggestions.append(_suggest(
                 probe, result, f"use a {family.family} CPU model so the guest can run radix",

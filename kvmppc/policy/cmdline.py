@@ -1,4 +1,4 @@
-"""QEMU 7.2's command line, as far as a pseries guest's page sizes depend on it.
+"""QEMU's command line, as far as a pseries guest's page sizes depend on it.
 
 The first phase of start-up: QEMU reads ``-m`` (softmmu/vl.c ``parse_memory_options``) and
 the machine's properties, among them ``cap-hpt-max-page-size`` (hw/ppc/spapr_caps.c
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmppc.policy.problems import ProblemKind, QemuRefusalError
-from kvmppc.policy.sizes import ERANGE, qemu_strtosz
+from kvmppc.policy.sizes import ERANGE, StrtoszResult, qemu_strtosz
+from kvmppc.qemu_versions import NEWEST, QemuTable
 
 MiB = 1 << 20
 DEFAULT_RAM_SIZE = 512 * MiB  # hw/ppc/spapr.c: mc->default_ram_size
@@ -19,6 +20,11 @@ DEFAULT_RAM_SIZE = 512 * MiB  # hw/ppc/spapr.c: mc->default_ram_size
 CAP_NAME = "hpt-max-page-size"
 MSG_EXPECTS_SIZE = f"Parameter 'cap-{CAP_NAME}' expects size"
 MSG_NOT_POWER_OF_2 = f"cap-{CAP_NAME} must be a power of 2"
+
+
+def _strtosz(text: str, qemu: QemuTable | None) -> StrtoszResult:
+    """qemu_strtosz in the size syntax of ``qemu``'s release (the newest modelled if None)."""
+    return qemu_strtosz(text, (qemu or NEWEST).strtosz)
 
 
 @dataclass(frozen=True)
@@ -30,25 +36,25 @@ class MaxPageSize:
     warnings: tuple[str, ...] = ()
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, qemu: QemuTable | None = None) -> int:
     """The value of ``cap-hpt-max-page-size=TEXT`` in bytes, as ``visit_type_size`` reads it.
 
     QEMU says only "Parameter 'cap-hpt-max-page-size' expects size" when its size syntax
     rejects the text.
     """
-    result = qemu_strtosz(text)
+    result = _strtosz(text, qemu)
     if result.value is None:
         raise QemuRefusalError(ProblemKind.MAX_PAGE_SIZE, MSG_EXPECTS_SIZE)
     return result.value
 
 
-def parse_max_page_size(text: str) -> MaxPageSize:
+def parse_max_page_size(text: str, qemu: QemuTable | None = None) -> MaxPageSize:
     """``spapr_cap_set_pagesize``: a size, then a power of two, stored as its shift.
 
     Warnings printed while parsing (hex with a suffix) are kept, even though QEMU prints them
     before it fails.
     """
-    result = qemu_strtosz(text)
+    result = _strtosz(text, qemu)
     if result.value is None:
         raise QemuRefusalError(ProblemKind.MAX_PAGE_SIZE, MSG_EXPECTS_SIZE)
     size = result.value
@@ -57,13 +63,16 @@ def parse_max_page_size(text: str) -> MaxPageSize:
     return MaxPageSize(size, size.bit_length() - 1, result.warnings)
 
 
-def parse_warnings(text: str) -> tuple[str, ...]:
+def parse_warnings(text: str, qemu: QemuTable | None = None) -> tuple[str, ...]:
     """What QEMU prints while parsing ``text``, whether or not it then accepts it."""
-    return qemu_strtosz(text).warnings
+    return _strtosz(text, qemu).warnings
 
 
-def parse_memory(text: str) -> tuple[int, tuple[tuple[str | None, str], ...]]:
-    """``-m TEXT`` as QEMU 7.2 reads it (softmmu/vl.c ``parse_memory_options``).
+def parse_memory(
+    text: str, qemu: QemuTable | None = None
+) -> tuple[int, tuple[tuple[str | None, str], ...]]:
+    """``-m TEXT`` as QEMU reads it (softmmu/vl.c ``parse_memory_options``; the same steps in
+    7.2 and 10.0, with each release's size syntax).
 
     QemuOpts parses the size (bytes by default); zero means the default; a value ending in a
     digit is taken as MiB ("Fix up legacy suffix-less format") and parsed again as the
@@ -71,7 +80,7 @@ def parse_memory(text: str) -> tuple[int, tuple[tuple[str | None, str], ...]]:
     Returns the size and the warnings, each with the location QEMU prints before it (the
     first parse happens while QEMU reads ``-m``, the second while it sets the machine up).
     """
-    first = qemu_strtosz(text)
+    first = _strtosz(text, qemu)
     warnings: list[tuple[str | None, str]] = [(f"-m {text}", w) for w in first.warnings]
     if first.value is None:
         if first.error == ERANGE:
@@ -86,7 +95,7 @@ def parse_memory(text: str) -> tuple[int, tuple[tuple[str | None, str], ...]]:
     if first.value == 0:
         return DEFAULT_RAM_SIZE, tuple(warnings)
     second_text = text + "M" if text[-1:].isdigit() and text[-1:].isascii() else text
-    second = qemu_strtosz(second_text)
+    second = _strtosz(second_text, qemu)
     warnings += [(None, w) for w in second.warnings]
     if second.value is None:
         raise QemuRefusalError(ProblemKind.MEMORY, "Parameter 'memory.size' expects size")

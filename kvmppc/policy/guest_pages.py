@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from kvmppc.policy.cmdline import parse_max_page_size
 from kvmppc.policy.hash64 import HASH64_TABLES, FilteredTable, filter_for_cap
 from kvmppc.policy.hash64 import segment_page_sizes_cells as _cells
-from kvmppc.policy.machines import CpuModel, lookup_cpu, lookup_machine
+from kvmppc.policy.machines import CpuModel, QemuModels, lookup_cpu, lookup_machine, qemu_models
 from kvmppc.policy.problems import ProblemKind, QemuRefusalError
 
 # spapr_caps.c, pseries-2.12 and older without host-contiguous pages: "allow everything up
@@ -36,6 +36,7 @@ class PageSizes:
     max_page_shift: int
     table: FilteredTable
     warnings: tuple[str, ...] = ()
+    qemu_version: str = ""  # the QEMU release whose machine and CPU tables were used
 
     @property
     def cells(self) -> list[int]:
@@ -48,33 +49,37 @@ class PageSizes:
 
 
 def guest_page_sizes(cpu: str | CpuModel, max_page_shift: int,
-                     machine: str = "pseries") -> PageSizes:
+                     machine: str = "pseries", qemu: QemuModels | None = None) -> PageSizes:
     """The table a guest with this CPU model sees for ``cap-hpt-max-page-size = 2**shift``.
 
     ``cpu`` is a QEMU ``-cpu`` name (looked up as QEMU does, so aliases, upper case and PVRs
     work) or a resolved model.  Raises :class:`QemuRefusalError` with QEMU's message for an
     unknown model, and for a shift below 12.
     """
-    model = lookup_cpu(cpu, lookup_machine(machine)) if isinstance(cpu, str) else cpu
+    qemu = qemu or qemu_models()
+    model = (lookup_cpu(cpu, lookup_machine(machine, qemu), qemu=qemu) if isinstance(cpu, str)
+             else cpu)
     if max_page_shift < 12:
         raise QemuRefusalError(ProblemKind.BELOW_4K, MSG_BELOW_4K)
     table = filter_for_cap(HASH64_TABLES[model.hash64], max_page_shift)
-    return PageSizes(model, max_page_shift, table, apply_warnings(max_page_shift))
+    return PageSizes(model, max_page_shift, table, apply_warnings(max_page_shift), qemu.version)
 
 
 def pagesizes(cpu: str | None = None, machine: str = "pseries",
-              max_page_size: str | None = None) -> PageSizes:
+              max_page_size: str | None = None, qemu: QemuModels | None = None) -> PageSizes:
     """``kvmppc pagesizes``: the table for a -cpu / -machine / cap value, host aside.
 
     Without a cap value the machine's default applies; pseries-2.12 and older decide theirs
     from the host (the smallest RAM backing page size under KVM-HV), so the value shown for
     them is the one without host-contiguous pages, with a warning saying so.  Raises
-    :class:`QemuRefusalError` where QEMU refuses the values.
+    :class:`QemuRefusalError` where QEMU refuses the values.  ``qemu``: the release's tables
+    (default: the newest modelled).
     """
-    machine_type = lookup_machine(machine)
+    qemu = qemu or qemu_models()
+    machine_type = lookup_machine(machine, qemu)
     warnings: list[str] = []
     if max_page_size is not None:
-        parsed = parse_max_page_size(max_page_size)
+        parsed = parse_max_page_size(max_page_size, qemu.table)
         warnings += parsed.warnings
         shift = parsed.shift
     elif machine_type.default_hpt_max_page_shift is not None:
@@ -86,6 +91,6 @@ def pagesizes(cpu: str | None = None, machine: str = "pseries",
             " KVM-HV the smallest RAM backing page size, otherwise 16 GiB (shown here); run"
             " 'kvmppc check' for this host's value"
         )
-    model = lookup_cpu(cpu if cpu is not None else "max", machine_type)
-    result = guest_page_sizes(model, shift)
-    return PageSizes(model, shift, result.table, (*warnings, *result.warnings))
+    model = lookup_cpu(cpu if cpu is not None else "max", machine_type, qemu=qemu)
+    result = guest_page_sizes(model, shift, qemu=qemu)
+    return PageSizes(model, shift, result.table, (*warnings, *result.warnings), qemu.version)

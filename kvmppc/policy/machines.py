@@ -1,20 +1,25 @@
-"""The pseries machine types and CPU models of QEMU 7.2, and how QEMU looks them up.
+"""The pseries machine types and CPU models, and how QEMU looks them up.
 
+Which machines and models exist is each QEMU release's data (:mod:`kvmppc.qemu_versions`,
+checked against the binaries); what is made of them here is the same for every release.
 Machine versions come from hw/ppc/spapr.c (``DEFINE_SPAPR_MACHINE``); the CPU models a
 pseries machine accepts are those with an sPAPR core type (hw/ppc/spapr_cpu_core.c), reached
 by name, by alias (target/ppc/cpu-models.c ``ppc_cpu_aliases``) or by PVR
-(target/ppc/cpu_init.c ``ppc_cpu_class_by_name``).  Both lists were checked against
-Debian's ``qemu-system-ppc64`` 7.2 (``-M help``, ``-cpu help``, and a boot of every model).
+(target/ppc/cpu_init.c ``ppc_cpu_class_by_name``).  The models without an sPAPR core are the
+same in 7.2 and 10.0 (tests/test_qemu_versions.py checks both).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kvmppc.policy._qemu72_cpus import NON_SPAPR_NAMES, NON_SPAPR_PVRS
 from kvmppc.policy.problems import ProblemKind, QemuRefusalError
 from kvmppc.policy.sizes import _strtoull
+from kvmppc.qemu_versions import MODELLED, NEWEST, CpuRow, MachineRow, QemuTable, parse_version
 
 GiB = 1 << 30
 
@@ -27,7 +32,7 @@ class Isa(enum.IntEnum):
     V2_06 = 206  # POWER7, POWER7+
     V2_07 = 207  # POWER8, POWER8E, POWER8NVL
     V3_00 = 300  # POWER9: the first with a radix MMU
-    V3_10 = 310  # POWER10
+    V3_10 = 310  # POWER10, POWER11
 
 
 class Hash64Table(enum.Enum):
@@ -53,59 +58,6 @@ class CpuModel:
         return self.isa >= Isa.V3_00
 
 
-# hw/ppc/spapr_cpu_core.c spapr_cpu_core_type_infos (QEMU 7.2); PVRs from -cpu help.
-SPAPR_CPU_MODELS: dict[str, CpuModel] = {
-    model.name: model
-    for model in (
-        CpuModel("970_v2.2", 0x00390202, "970", Isa.V2_01, Hash64Table.BASIC),
-        CpuModel("970mp_v1.0", 0x00440100, "970", Isa.V2_01, Hash64Table.BASIC),
-        CpuModel("970mp_v1.1", 0x00440101, "970", Isa.V2_01, Hash64Table.BASIC),
-        CpuModel("power5+_v2.1", 0x003B0201, "POWER5+", Isa.V2_03, Hash64Table.BASIC),
-        CpuModel("power7_v2.3", 0x003F0203, "POWER7", Isa.V2_06, Hash64Table.POWER7),
-        CpuModel("power7+_v2.1", 0x004A0201, "POWER7", Isa.V2_06, Hash64Table.POWER7),
-        CpuModel("power8e_v2.1", 0x004B0201, "POWER8", Isa.V2_07, Hash64Table.POWER7),
-        CpuModel("power8_v2.0", 0x004D0200, "POWER8", Isa.V2_07, Hash64Table.POWER7),
-        CpuModel("power8nvl_v1.0", 0x004C0100, "POWER8", Isa.V2_07, Hash64Table.POWER7),
-        CpuModel("power9_v1.0", 0x004E0100, "POWER9", Isa.V3_00, Hash64Table.POWER7),
-        CpuModel("power9_v2.0", 0x004E1200, "POWER9", Isa.V3_00, Hash64Table.POWER7),
-        CpuModel("power10_v1.0", 0x00800100, "POWER10", Isa.V3_10, Hash64Table.POWER7),
-        CpuModel("power10_v2.0", 0x00800200, "POWER10", Isa.V3_10, Hash64Table.POWER7),
-    )
-}
-
-# target/ppc/cpu-models.c ppc_cpu_aliases that lead to a pseries model.
-SPAPR_CPU_ALIASES: dict[str, str] = {
-    "970": "970_v2.2",
-    "970mp": "970mp_v1.1",
-    "power5+": "power5+_v2.1",
-    "power5gs": "power5+_v2.1",
-    "power7": "power7_v2.3",
-    "power7+": "power7+_v2.1",
-    "power8e": "power8e_v2.1",
-    "power8": "power8_v2.0",
-    "power8nvl": "power8nvl_v1.0",
-    "power9": "power9_v2.0",
-    "power10": "power10_v2.0",
-}
-
-# ``-cpu host`` (KVM only) takes the class matching the host PVR's version (pvr_match): its
-# hash table and ISA are the family's.  PVR version (top 16 bits) -> a model of that family.
-_HOST_FAMILY_BY_PVR_VERSION: dict[int, str] = {
-    0x0039: "970_v2.2",
-    0x003C: "970_v2.2",  # 970FX
-    0x0044: "970mp_v1.1",
-    0x003A: "power5+_v2.1",
-    0x003B: "power5+_v2.1",
-    0x003F: "power7_v2.3",
-    0x004A: "power7+_v2.1",
-    0x004B: "power8e_v2.1",
-    0x004C: "power8nvl_v1.0",
-    0x004D: "power8_v2.0",
-    0x004E: "power9_v2.0",
-    0x0080: "power10_v2.0",
-}
-
-
 @dataclass(frozen=True)
 class MachineType:
     """One ``pseries-X.Y`` machine and the class options that matter here."""
@@ -119,66 +71,110 @@ class MachineType:
     htm_default: bool  # pseries-2.11 and older turn cap-htm on (POWER8 and later models)
     dr_lmb_enabled: bool  # pseries-2.5 and later: RAM must be a multiple of 256 MiB
     rma_limit: int | None  # pseries-4.2 and older clamp the RMA to 16 GiB
+    deprecated: bool = False  # QEMU warns at machine init (hw/core/machine.c)
 
     @property
     def legacy_default_cap(self) -> bool:
         return self.default_hpt_max_page_shift is None
 
 
-LATEST_VERSION = (7, 2)
-
-
-def _machine(version: tuple[int, int], suffix: str = "") -> MachineType:
-    if version >= (4, 0):
-        default_cpu = "power9_v2.0"
-    elif version >= (2, 8):
-        default_cpu = "power8_v2.0"
-    else:
-        default_cpu = "power7_v2.3"
+def _machine(row: MachineRow) -> MachineType:
+    """The class options of ``row``'s machine: set by the compat chain of
+    spapr_machine_X_Y_class_options, the same in every QEMU release that has the machine."""
+    version = row.version
     return MachineType(
-        name=f"pseries-{version[0]}.{version[1]}{suffix}",
+        name=row.name,
         version=version,
-        default_cpu=default_cpu,
+        default_cpu=row.default_cpu,
         default_hpt_max_page_shift=16 if version >= (3, 0) else None,
         htm_default=version <= (2, 11),
         dr_lmb_enabled=version >= (2, 5),
         rma_limit=16 * GiB if version <= (4, 2) else None,
+        deprecated=row.deprecated,
     )
 
 
-_VERSIONS = (
-    [(2, minor) for minor in range(1, 13)]
-    + [(3, 0), (3, 1), (4, 0), (4, 1), (4, 2), (5, 0), (5, 1), (5, 2)]
-    + [(6, 0), (6, 1), (6, 2), (7, 0), (7, 1), (7, 2)]
-)
-MACHINE_TYPES: dict[str, MachineType] = {
-    machine.name: machine
-    for machine in [_machine(version) for version in _VERSIONS] + [_machine((2, 12), "-sxxm")]
-}
-MACHINE_TYPES["pseries"] = MACHINE_TYPES[f"pseries-{LATEST_VERSION[0]}.{LATEST_VERSION[1]}"]
+def _cpu(row: CpuRow) -> CpuModel:
+    return CpuModel(row.name, row.pvr, row.family, Isa(row.isa), Hash64Table(row.hash64))
 
 
-def lookup_machine(name: str) -> MachineType:
+@dataclass(frozen=True)
+class QemuModels:
+    """One QEMU release's machine types and CPU models, made from its table
+    (:mod:`kvmppc.qemu_versions`)."""
+
+    table: QemuTable
+    machine_types: Mapping[str, MachineType]  # "pseries" included
+    cpu_models: Mapping[str, CpuModel]
+
+    @property
+    def version(self) -> str:
+        return self.table.name
+
+    @property
+    def cpu_aliases(self) -> Mapping[str, str]:
+        return self.table.cpu_aliases
+
+    def machine_list(self) -> str:
+        """The machine types, as a note: "pseries, pseries-3.0 ... pseries-10.0"."""
+        names = sorted(self.table.machines.values(), key=lambda m: (m.version, m.name))
+        plain = [m.name for m in names if m.name == f"pseries-{m.version[0]}.{m.version[1]}"]
+        extra = [m.name for m in names if m.name not in plain]
+        return ", ".join(["pseries", f"{plain[0]} ... {plain[-1]}", *extra])
+
+
+@functools.cache
+def _models(version: tuple[int, int]) -> QemuModels:
+    table = MODELLED[version]
+    machines = {name: _machine(row) for name, row in table.machines.items()}
+    machines["pseries"] = machines[table.default_machine]
+    return QemuModels(table, machines, {name: _cpu(row) for name, row in table.cpus.items()})
+
+
+def qemu_models(qemu: QemuTable | str | None = None) -> QemuModels:
+    """The models of a QEMU release: a table, a version ("7.2", "10.0"), or None for the newest
+    modelled (the default when nothing says which QEMU runs)."""
+    if qemu is None:
+        return _models(NEWEST.version)
+    if isinstance(qemu, str):
+        return _models(parse_version(qemu))
+    return _models(qemu.version)
+
+
+def lookup_machine(name: str, qemu: QemuModels | None = None) -> MachineType:
     """``-machine NAME`` (machine names are compared exactly, case included)."""
-    machine = MACHINE_TYPES.get(name)
+    qemu = qemu or qemu_models()
+    machine = qemu.machine_types.get(name)
     if machine is None:
-        raise QemuRefusalError(ProblemKind.MACHINE, "unsupported machine type")
+        raise QemuRefusalError(
+            ProblemKind.MACHINE, qemu.table.messages.unsupported_machine.format(name=name))
     return machine
 
 
-def host_cpu_model(host_pvr: int | None) -> CpuModel | None:
+def deprecation_warning(machine: MachineType, qemu: QemuModels | None = None) -> str | None:
+    """What QEMU prints for a deprecated machine type at machine init, or None."""
+    qemu = qemu or qemu_models()
+    template = qemu.table.messages.deprecated_machine
+    if not machine.deprecated or template is None:
+        return None
+    return template.format(name=machine.name)
+
+
+def host_cpu_model(host_pvr: int | None, qemu: QemuModels | None = None) -> CpuModel | None:
     """The model family ``-cpu host`` stands for on a host with this PVR, if kvmppc knows it."""
+    qemu = qemu or qemu_models()
     if host_pvr is None:
         return None
-    name = _HOST_FAMILY_BY_PVR_VERSION.get(host_pvr >> 16)
+    name = qemu.table.host_family_by_pvr_version.get(host_pvr >> 16)
     if name is None:
         return None
-    family = SPAPR_CPU_MODELS[name]
+    family = qemu.cpu_models[name]
     return CpuModel("host", host_pvr, family.family, family.isa, family.hash64)
 
 
 def lookup_cpu(
-    name: str, machine: MachineType, *, kvm: bool = False, host_pvr: int | None = None
+    name: str, machine: MachineType, *, kvm: bool = False, host_pvr: int | None = None,
+    qemu: QemuModels | None = None,
 ) -> CpuModel:
     """``-cpu NAME`` on a pseries machine: ppc_cpu_class_by_name(), then the sPAPR core check.
 
@@ -188,6 +184,7 @@ def lookup_cpu(
     lower-cased, an alias replaced by its model, and the class looked up.  A model that exists
     but has no sPAPR core gets a different message from one that does not exist.
     """
+    qemu = qemu or qemu_models()
     if name == "":
         raise QemuRefusalError(ProblemKind.CPU, "-cpu option cannot be empty")
     value, end, errno = _strtoull(name, 16)
@@ -195,21 +192,21 @@ def lookup_cpu(
         length = end - 2 if end == 10 and name[1:2] == "x" else end
         if length == 8 and end == len(name):
             pvr = value & 0xFFFFFFFF  # ppc_cpu_class_by_pvr() takes a uint32_t
-            for candidate in SPAPR_CPU_MODELS.values():
+            for candidate in qemu.cpu_models.values():
                 if candidate.pvr == pvr:
                     return candidate
             if pvr in NON_SPAPR_PVRS:
                 raise QemuRefusalError(ProblemKind.CPU, "Unable to find sPAPR CPU Core definition")
             raise QemuRefusalError(ProblemKind.CPU, f"unable to find CPU model '{name}'")
     if name == "max":
-        return SPAPR_CPU_MODELS[machine.default_cpu]
+        return qemu.cpu_models[machine.default_cpu]
     lowered = name.encode("utf-8").lower().decode("utf-8")  # g_ascii_strdown: ASCII only
-    lowered = SPAPR_CPU_ALIASES.get(lowered, lowered)
-    model = SPAPR_CPU_MODELS.get(lowered)
+    lowered = qemu.cpu_aliases.get(lowered, lowered)
+    model = qemu.cpu_models.get(lowered)
     if model is not None:
         return model
     if lowered == "host" and kvm:
-        host_model = host_cpu_model(host_pvr)
+        host_model = host_cpu_model(host_pvr, qemu)
         if host_model is None:
             raise QemuRefusalError(
                 ProblemKind.CPU,
@@ -222,5 +219,5 @@ def lookup_cpu(
     raise QemuRefusalError(ProblemKind.CPU, f"unable to find CPU model '{name}'")
 
 
-def machine_default_cpu(machine: MachineType) -> CpuModel:
-    return SPAPR_CPU_MODELS[machine.default_cpu]
+def machine_default_cpu(machine: MachineType, qemu: QemuModels | None = None) -> CpuModel:
+    return (qemu or qemu_models()).cpu_models[machine.default_cpu]

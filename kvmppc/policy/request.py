@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmppc.errors import UsageError
+from kvmppc.qemu_versions import choose
 
-QUERY_KEYS = ("max_page_size", "cpu", "machine", "mem_path", "memory", "accel", "kvm_type")
+QUERY_KEYS = (
+    "max_page_size", "cpu", "machine", "mem_path", "memory", "accel", "kvm_type", "qemu_version",
+)
 # hw/ppc/spapr.c spapr_kvm_type: no kvm-type is the kernel's default VM type.
 VM_TYPE_BY_KVM_TYPE = {None: "default", "HV": "hv", "PR": "pr"}
 
@@ -51,7 +54,8 @@ class CheckRequest:
     text (None: 512 MiB).  ``accel`` None means KVM when the probe found a usable PowerPC
     KVM, else TCG — what libvirt and the ``kvm`` wrapper do; plain ``qemu-system-ppc64``
     without ``-accel`` would pick TCG.  ``kvm_type`` "HV", "PR" or None (the default VM
-    type: HV when kvm_hv is loaded).
+    type: HV when kvm_hv is loaded).  ``qemu_version`` "7.2" or "10.0" (a modelled release;
+    None: the version the probe found installed, else the newest modelled).
     """
 
     max_page_size: str | None = None
@@ -61,8 +65,14 @@ class CheckRequest:
     memory: str | None = None
     accel: str | None = None
     kvm_type: str | None = None
+    qemu_version: str | None = None
 
     def __post_init__(self) -> None:
+        if self.qemu_version is not None:
+            try:
+                choose(self.qemu_version)
+            except ValueError as exc:
+                raise UsageError(f"qemu_version: {exc}") from None
         if self.accel not in (None, "kvm", "tcg"):
             raise UsageError(f"accel must be 'kvm' or 'tcg', not {self.accel!r}")
         if self.kvm_type not in (None, "HV", "PR"):
@@ -84,7 +94,8 @@ class CheckRequest:
     def from_params(cls, params: Mapping[str, str | Sequence[str]]) -> CheckRequest:
         """From a query string (``urllib.parse.parse_qs`` output or a plain mapping).
 
-        Keys: max_page_size, cpu, machine, mem_path (repeatable), memory, accel, kvm_type.
+        Keys: max_page_size, cpu, machine, mem_path (repeatable), memory, accel, kvm_type,
+        qemu_version.
         """
         unknown = sorted(set(params) - set(QUERY_KEYS))
         if unknown:
@@ -105,6 +116,7 @@ class CheckRequest:
             memory=_single(params, "memory"),
             accel=accel,
             kvm_type=_normalise_kvm_type(_single(params, "kvm_type")),
+            qemu_version=_single(params, "qemu_version"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,4 +128,5 @@ class CheckRequest:
             "memory": self.memory,
             "accel": self.accel,
             "kvm_type": self.kvm_type,
+            "qemu_version": self.qemu_version,
         }

@@ -52,6 +52,7 @@ class CheckResult:
     guest: PageSizes | None
     mmu: MmuModes | None
     advice: Advice | None = None  # None: too little is known to advise (no machine or CPU)
+    qemu_version: str = ""  # the QEMU release answered for ("7.2", "10.0")
 
     @property
     def ok(self) -> bool:

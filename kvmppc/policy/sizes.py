@@ -18,6 +18,7 @@ names the line of ``do_strtosz`` it stands for, so the quirks can be checked aga
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 _C_SPACE = frozenset(" \t\n\v\f\r")  # isspace() in the C locale
@@ -203,8 +204,128 @@ def do_strtosz(text: str, default_suffix: str = "B", unit: int = 1024) -> Strtos
     return StrtoszResult(val, None, tuple(warnings))
 
 
-def qemu_strtosz(text: str) -> StrtoszResult:
-    """``qemu_strtosz``: bytes by default, binary suffixes."""
+def _parse_uint(text: str) -> tuple[int, int, str | None]:
+    """util/cutils.c ``parse_uint(text, &end, 10, &value)`` (QEMU 8.1 and later):
+    strtoull, then a leading ``-`` (after white space) is ERANGE with value 0."""
+    val, end, errno = _strtoull(text, 10)
+    if errno is not None:
+        return val, end, errno
+    if end == 0:
+        return 0, 0, EINVAL
+    if text.lstrip(_C_SPACE_STR)[:1] == "-":
+        return 0, end, ERANGE
+    return val, end, None
+
+
+_C_SPACE_STR = "".join(sorted(_C_SPACE))
+
+
+def _strtod_fraction_81(copy: str) -> tuple[float, int, str | None]:
+    """``qemu_strtod_finite(copy, &tail, &fraction)`` on the copy QEMU 8.1's do_strtosz
+    makes: no ``e``/``E`` in it (cut there), and no digit before its point (a leading digit
+    went to parse_uint).  So strtod sees white space, a sign, then ``.DIGITS``, an infinity or
+    a NaN, or nothing it can convert.  Returns (value, tail, errno)."""
+    i = 0
+    while i < len(copy) and copy[i] in _C_SPACE:
+        i += 1
+    sign = 1.0
+    if _char(copy, i) in "+-" and i < len(copy):
+        sign = -1.0 if copy[i] == "-" else 1.0
+        i += 1
+    if copy[i:i + 3].lower() in ("inf", "nan"):
+        return 0.0, 0, EINVAL  # not finite: qemu_strtod_finite leaves tail at the start
+    if _char(copy, i) != "." or _char(copy, i + 1) not in _DEC:
+        return 0.0, 0, EINVAL  # no conversion
+    j = i + 1
+    while j < len(copy) and copy[j] in _DEC:
+        j += 1
+    value = float("0" + copy[i:j])
+    nonzero = any(ch != "0" for ch in copy[i + 1:j])
+    if nonzero and value < _DBL_MIN:
+        return sign * value, j, ERANGE  # glibc: underflow (denormal or zero)
+    return sign * value, j, None
+
+
+def _do_strtosz_81(text: str, default_suffix: str, unit: int) -> StrtoszResult:
+    """util/cutils.c ``do_strtosz(text, NULL, ...)`` as rewritten for QEMU 8.1 (Eric Blake,
+    "cutils: Improve qemu_strtosz handling of fractions" and the series before it), which
+    QEMU 10.0 runs: hex with a scaling suffix is refused (no warning any more); a negative
+    integral part is ERANGE (parse_uint); ``e``/``E`` ends the fraction and is the exa suffix;
+    an empty integral part (".5k") is allowed; a fraction that rounds to 1.0 carries into the
+    integral part; an underflowing fraction counts as the smallest nonzero one.  Without an
+    end pointer, trailing characters turn any result, ERANGE included, into EINVAL.
+    """
+    if "\0" in text:
+        return StrtoszResult(None, EINVAL)  # see do_strtosz
+
+    def out(error: str | None, end: int, value: int = 0) -> StrtoszResult:
+        if end < len(text):
+            error = EINVAL  # "else if (nptr && *endptr) retval = -EINVAL"
+        return StrtoszResult(None, error) if error else StrtoszResult(value, None)
+
+    val, end, errno = _parse_uint(text)
+    if errno == ERANGE:
+        return out(ERANGE, end)
+    valf = 0
+    if errno is None and val == 0 and _char(text, end) in "xX":
+        # "Input looks like hex; reparse, and insist on no fraction or suffix."
+        val, end, errno = _strtoull(text, 16)
+        if errno is not None:
+            return out(errno, end)
+        if _char(text, end) == "." or _suffix_mul(_char(text, end), unit) > 0:
+            return StrtoszResult(None, EINVAL)
+    elif _char(text, end) == "." or (end == 0 and "." in text):
+        # "Input looks like a fraction.  Make sure even 1.k works without fractional digits."
+        fraction = 0.0
+        if errno is None and _char(text, end) == "." and _char(text, end + 1) not in _DEC:
+            end += 1
+        else:
+            copy = text[end:]
+            for letter in "eE":
+                copy = copy.split(letter, 1)[0]
+            fraction, tail, errno = _strtod_fraction_81(copy)
+            end += tail
+            if errno != EINVAL and math.copysign(1.0, fraction) < 0:
+                return out(ERANGE, end)  # signbit(fraction), -0.0 included
+        if fraction == 1.0:
+            if val == _UINT64_LIMIT - 1:
+                return out(ERANGE, end)
+            val += 1
+        elif errno == ERANGE:
+            valf, errno = 1, None  # "See comments above about underflow"
+        else:
+            valf = int(fraction * 2.0**64)
+            if valf == 0 and fraction > 0.0:
+                valf = 1
+    if errno is not None:
+        return out(errno, end)
+    mul = _suffix_mul(_char(text, end), unit)
+    if mul > 0:
+        end += 1
+    else:
+        mul = _suffix_mul(default_suffix, unit)
+    if mul == 1:
+        if valf != 0:
+            return StrtoszResult(None, EINVAL)  # "When a fraction is present, a scale is required."
+    else:
+        fixed = val * mul * _UINT64_LIMIT + valf * mul
+        total = (fixed + (1 << 63)) >> 64
+        if total >= _UINT64_LIMIT:
+            return out(ERANGE, end)
+        val = total
+    return out(None, end, val)
+
+
+# The do_strtosz variants by the QEMU release that introduced them (QemuTable.strtosz).
+STRTOSZ_VARIANTS = ("7.2", "8.1")
+
+
+def qemu_strtosz(text: str, variant: str = "7.2") -> StrtoszResult:
+    """``qemu_strtosz``: bytes by default, binary suffixes, in QEMU ``variant``'s syntax."""
+    if variant == "8.1":
+        return _do_strtosz_81(text, "B", 1024)
+    if variant != "7.2":
+        raise ValueError(f"no do_strtosz variant {variant!r}; known: {STRTOSZ_VARIANTS}")
     return do_strtosz(text, "B", 1024)
 
 

@@ -1,4 +1,9 @@
-"""QEMU 7.2's start-up of a pseries guest, replayed: one function per phase, in QEMU's order.
+"""QEMU's start-up of a pseries guest, replayed: one function per phase, in QEMU's order.
+
+The phases and checks are the same in every modelled release (7.2 and 10.0: the differential
+tests show it); what differs is each release's data (:mod:`kvmppc.qemu_versions`): machine
+types, CPU models, the size syntax, messages.  The release answered for is the request's
+``qemu_version``, else the one the probe found installed, else the newest modelled.
 
 Every decision QEMU makes about ``cap-hpt-max-page-size`` is replayed as a pure function of
 a probe (:class:`kvmppc.model.ProbeResult`) and a request:
@@ -41,8 +46,11 @@ from kvmppc.policy.machines import (
     Hash64Table,
     Isa,
     MachineType,
+    QemuModels,
+    deprecation_warning,
     lookup_cpu,
     lookup_machine,
+    qemu_models,
 )
 from kvmppc.policy.mmu import (
     MiB,
@@ -55,6 +63,7 @@ from kvmppc.policy.mmu import (
 from kvmppc.policy.problems import ProblemKind, ProblemLog, QemuRefusalError, When
 from kvmppc.policy.request import VM_TYPE_BY_KVM_TYPE, CheckRequest
 from kvmppc.policy.result import CheckResult, MmuModes
+from kvmppc.qemu_versions import choose
 
 SPAPR_MEMORY_BLOCK_SIZE = 256 * MiB
 MIN_RMA_SLOF = 128 * MiB
@@ -87,6 +96,7 @@ class _Startup:
     request: CheckRequest
     backings: tuple[Backing, ...]
     accel: str
+    qemu: QemuModels
     log: ProblemLog = field(default_factory=ProblemLog)
     ram: int | None = None
     machine: MachineType | None = None
@@ -115,17 +125,22 @@ class _Startup:
             max_page_shift=self.shift, max_page_size_source=self.shift_source,
             needs_host_contiguous_pages=self.contiguous, backings=self.backings,
             ram_size=self.ram, guest=self.guest, mmu=self.mmu,
+            qemu_version=self.qemu.version,
         )
 
 
 def replay(probe: ProbeResult, request: CheckRequest,
            backings: Sequence[Backing] | None = None) -> CheckResult:
-    """QEMU 7.2's start-up for ``request`` on the probed host, phase by phase (no advice)."""
+    """QEMU's start-up for ``request`` on the probed host, phase by phase (no advice)."""
+    choice = choose(request.qemu_version, probe.host.qemu_version)
     s = _Startup(
         probe, request,
         tuple(backings) if backings is not None else backings_for(probe, request.mem_paths),
         request.accel or ("kvm" if usable_powerpc_kvm(probe) else "tcg"),
+        qemu_models(choice.table),
     )
+    for note in choice.notes:
+        s.log.note(note)
     phases = (_command_line, _accelerator, _cpu_model, _machine_init, _machine_reset,
               _cpu_reset, _device_tree)
     for phase in phases:
@@ -153,23 +168,23 @@ def _command_line(s: _Startup) -> bool:
         s.ram = DEFAULT_RAM_SIZE
     else:
         try:
-            s.ram, memory_warnings = parse_memory(request.memory)
+            s.ram, memory_warnings = parse_memory(request.memory, s.qemu.table)
         except QemuRefusalError as refusal:
             log.refused(refusal)
         else:
             for location, warning in memory_warnings:
                 log.warn(K.MEMORY, warning, location=location)
     try:
-        s.machine = lookup_machine(request.machine)
+        s.machine = lookup_machine(request.machine, s.qemu)
     except QemuRefusalError as refusal:
         log.refused(refusal)
-        log.note("machine types: pseries, pseries-2.1 ... pseries-7.2, pseries-2.12-sxxm")
+        log.note(f"QEMU {s.qemu.version}'s machine types: {s.qemu.machine_list()}")
         return False
     if request.max_page_size is not None:
-        for warning in cap_parse_warnings(request.max_page_size):
+        for warning in cap_parse_warnings(request.max_page_size, s.qemu.table):
             log.warn(K.MAX_PAGE_SIZE, warning)
         try:
-            parsed = parse_max_page_size(request.max_page_size)
+            parsed = parse_max_page_size(request.max_page_size, s.qemu.table)
         except QemuRefusalError as refusal:
             log.refused(refusal)
             return False
@@ -233,10 +248,17 @@ def _strerror(probe_error: str) -> str:
 
 def _cpu_model(s: _Startup) -> bool:
     assert s.machine is not None
+    # system/vl.c qemu_init: the deprecation warning comes after the machine options (-m,
+    # memory.size, the caps: their errors print without it) and before -cpu is parsed (its
+    # errors print after it), as QEMU 10.0 shows under TCG; in the source it follows
+    # configure_accelerators, so a KVM error comes first too.
+    deprecated = deprecation_warning(s.machine, s.qemu)
+    if deprecated is not None:
+        s.log.warn(K.MACHINE, deprecated)
     try:
         s.cpu = lookup_cpu(
             s.request.cpu if s.request.cpu is not None else "max", s.machine,
-            kvm=s.accel == "kvm", host_pvr=s.probe.host.pvr,
+            kvm=s.accel == "kvm", host_pvr=s.probe.host.pvr, qemu=s.qemu,
         )
     except QemuRefusalError as refusal:
         s.log.refused(refusal)
