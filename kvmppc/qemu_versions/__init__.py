@@ -103,7 +103,9 @@ def choose(requested: str | None = None, installed: str | None = None) -> Versio
         return VersionChoice(nearest, installed, "installed", (
             f"installed QEMU {installed} is not modelled; answering for QEMU {nearest.name},"
             " the nearest modelled version",))
-    return VersionChoice(NEWEST, None, "default")
+    return VersionChoice(NEWEST, None, "default", (
+        f"no installed QEMU is known (none found by the probe, or none in the host profile):"
+        f" answering for QEMU {NEWEST.name}, the newest modelled; --qemu-version says which",))
 
 
 def nearest_table(version: tuple[int, int]) -> QemuTable:
