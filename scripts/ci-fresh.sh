@@ -85,11 +85,15 @@ cleanup() {
 trap cleanup EXIT
 tar -C "$root" -xf "$base"
 
-cp "${host_sources[@]}" "$root/etc/apt/sources.list.d/" 2>/dev/null || true
-if [ -s /etc/apt/sources.list ]; then
-    cp /etc/apt/sources.list "$root/etc/apt/sources.list"
-    rm -f "$root/etc/apt/sources.list.d/sources.list"
-fi
+# The host's sources replace the ones mmdebstrap wrote (the same, under another name).
+rm -f "$root/etc/apt/sources.list" "$root/etc/apt/sources.list.d/"*
+for file in "${host_sources[@]}"; do
+    if [ "$file" = /etc/apt/sources.list ]; then
+        cp "$file" "$root/etc/apt/sources.list"
+    else
+        cp "$file" "$root/etc/apt/sources.list.d/"
+    fi
+done
 cp -a /etc/apt/apt.conf.d/. "$root/etc/apt/apt.conf.d/"
 for dir in /etc/apt/trusted.gpg.d /etc/apt/keyrings; do
     [ -d "$dir" ] && mkdir -p "$root$dir" && cp -a "$dir/." "$root$dir/"
