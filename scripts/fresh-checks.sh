@@ -6,6 +6,8 @@
 #              architecture, and serves: the API socket and the metrics port answer.
 # pip-install  `pip install .` into a new venv with the runtime packages only (no
 #              libsystemd-dev, no pkg-config), then `kvmppc check` runs from that venv.
+# nspawn       a Debian root bootstrapped with mmdebstrap boots under `systemd-nspawn --boot`
+#              inside this root (as the tests of the units do) and powers off again.
 # Refuses to run outside a root that ci-fresh.sh made (it installs packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,8 +73,23 @@ check_pip_install() {
     say "pip-install: OK (pip install . without libsystemd-dev; kvmppc check exit 1 as expected)"
 }
 
+check_nspawn() {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        systemd-container mmdebstrap >/dev/null
+    local os=/var/tmp/nspawn-os
+    mmdebstrap --variant=minbase --include=systemd,systemd-sysv bookworm "$os" \
+        /etc/apt/sources.list.d/*.sources >/dev/null 2>&1 || fail "mmdebstrap could not bootstrap $os"
+    local started=$SECONDS
+    # systemd.unit=poweroff.target: boot the container's systemd to the end and stop again.
+    timeout 300 systemd-nspawn --quiet --register=no --keep-unit -D "$os" --boot \
+        systemd.unit=poweroff.target || fail "systemd-nspawn --boot failed"
+    say "nspawn: OK (booted and powered off in $(( SECONDS - started )) s)"
+}
+
 case "${1:-}" in
     serve) check_serve ;;
     pip-install) check_pip_install ;;
-    *) echo "usage: $0 serve|pip-install" >&2; exit 2 ;;
+    nspawn) check_nspawn ;;
+    *) echo "usage: $0 serve|pip-install|nspawn" >&2; exit 2 ;;
 esac
