@@ -21,7 +21,8 @@
 #   $KVMPPC_CI_CACHE/pip           pip's HTTP and wheel cache (/root/.cache/pip)
 #   $KVMPPC_GUEST_CACHE/debs       the guest harness's ppc64el .deb files
 #   $KVMPPC_GUEST_CACHE/pr-kernel/<key>   each finished KVM-PR kernel, read-only (keyed by
-#                                  source version and build script, as the harness looks it up)
+#                                  source version and build script, as the harness looks it up);
+#                                  one built in the root is copied out to it afterwards
 # The guest image is built afresh in the root (it holds the cross-compiled extension).
 # $KVMPPC_CI_CACHE (default /var/tmp/kvmppc-ci) also keeps the base tarball and, after each
 # run, the guest consoles (logs/<time>/). KVMPPC_CI_CACHE=<empty dir> gives a cold run.
@@ -79,6 +80,17 @@ cleanup() {
         mkdir -p "$logs" && cp -a "$root/var/tmp/kvmppc-guest/logs/." "$logs/" || true
         say "guest consoles kept in $logs"
     fi
+    # A KVM-PR kernel built in the root goes to the cache (keyed by source version and build
+    # script), so the next run does not build it again; never over one the host has or is
+    # building (a directory under that key already), and whole or not at all (rename).
+    for done_file in "$root"/var/tmp/kvmppc-guest/pr-kernel/*/DONE; do
+        [ -e "$done_file" ] || continue
+        key=$(basename "$(dirname "$done_file")")
+        [ -e "$guest_cache/pr-kernel/$key" ] && continue
+        cp -a "$(dirname "$done_file")" "$guest_cache/pr-kernel/.incoming-$key-$$" &&
+            mv -T "$guest_cache/pr-kernel/.incoming-$key-$$" "$guest_cache/pr-kernel/$key" &&
+            say "the PR kernel built in the root is cached: $guest_cache/pr-kernel/$key"
+    done
     rm -rf --one-file-system "$root"
     say "root removed; $(( $(date +%s) - started )) s in all, exit $status"
 }
