@@ -17,6 +17,9 @@ runtime_packages=(
     # headers (only *recommended* by gcc), the kernel's UAPI headers (linux/kvm.h) and
     # Python.h (python3-dev). cffi and the other dependencies come as wheels from PyPI.
     gcc libc6-dev linux-libc-dev python3-dev
+    # service/kvmppc.service: ExecReload=/bin/kill (procps; minimal roots lack it, and
+    # systemd-analyze verify refuses a unit whose command is missing).
+    procps
 )
 
 test_packages=(
