@@ -139,7 +139,7 @@ def render(hosts: int, kinds: list[list[tuple[str, str, str]]], now: float,
     out: list[str] = []
     for index in range(hosts):
         kind = kinds[index % len(kinds)]
-        instance = f'instance="power-host-{index:05d}:9641"'
+        instance = f'instance="power-host-{index:05d}:19641"'
         roll = rng.random()
         stale = roll < 0.01
         probed_at = now - (1200 if roll < 0.02 else rng.uniform(0, 300))

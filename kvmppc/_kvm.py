@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from kvmppc._kvmppc_cffi import ffi, lib  # type: ignore[import-not-found]  # built by cffi
+from kvmppc._kvmppc_cffi import ffi, lib  # built by cffi; types in _kvmppc_cffi.pyi
 from kvmppc.errors import (
     KvmNotLoadedError,
     KvmOSError,

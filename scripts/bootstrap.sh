@@ -1,21 +1,33 @@
 #!/bin/bash
-# Make this checkout ready to run: Debian packages (as root, via setup-system.sh), then a
-# virtual environment in .venv with kvmppc installed in editable mode (which compiles its cffi
-# extension) plus the test tools. Idempotent; each step is skipped when already done.
+# Make this checkout ready to run, for one role:
+#   bootstrap.sh runtime   Debian packages of the runtime role, then .venv with kvmppc
+#                          installed in editable mode (which compiles its cffi extension)
+#   bootstrap.sh test      Debian packages of both roles, then .venv with kvmppc, its journal
+#                          extra and the test tools
+# Debian packages come from scripts/setup-system.sh (as root). Idempotent; each step is
+# skipped when already done (stamps in .venv/.kvmppc-stamps, keyed by the files that decide
+# it), and a runtime checkout is upgraded in place by `bootstrap.sh test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+role=${1:-}
+case "$role" in
+    runtime) extras="" ;;
+    test) extras="[test,journal]" ;;
+    *) echo "usage: $0 runtime|test" >&2; exit 2 ;;
+esac
+
 stamp_dir=.venv/.kvmppc-stamps
-system_stamp="$stamp_dir/system-$(sha256sum scripts/setup-system.sh | cut -c1-16)"
-python_stamp="$stamp_dir/python-$(cat pyproject.toml setup.py kvmppc/_ioctl_build.py | sha256sum | cut -c1-16)"
+system_stamp="$stamp_dir/system-$role-$(sha256sum scripts/setup-system.sh | cut -c1-16)"
+python_stamp="$stamp_dir/python-$role-$(cat pyproject.toml setup.py kvmppc/_ioctl_build.py | sha256sum | cut -c1-16)"
 
 if [ ! -e "$system_stamp" ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "bootstrap: system packages are missing; run this once as root (it uses apt-get)" >&2
+        echo "bootstrap: system packages ($role) are missing; run this once as root (it uses apt-get)" >&2
         exit 1
     fi
-    echo "bootstrap: installing Debian packages (scripts/setup-system.sh)" >&2
-    bash scripts/setup-system.sh
+    echo "bootstrap: installing Debian packages (scripts/setup-system.sh $role)" >&2
+    bash scripts/setup-system.sh "$role"
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -26,9 +38,9 @@ mkdir -p "$stamp_dir"
 touch "$system_stamp"
 
 if [ ! -e "$python_stamp" ]; then
-    echo "bootstrap: installing kvmppc and its test tools into .venv" >&2
+    echo "bootstrap: installing kvmppc$extras into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
-    rm -f "$stamp_dir"/python-*
+    .venv/bin/python -m pip install -q -e ".$extras"
+    rm -f "$stamp_dir/python-$role-"*
     touch "$python_stamp"
 fi

@@ -1,27 +1,74 @@
 #!/bin/bash
-# Install the Debian 12 system packages that kvmppc's build and tests need. Run as root.
-# Idempotent: safe to run on every CI run and by hand. Add your packages to the list below,
-# each group under a comment saying who needs it.
+# Install the Debian 12 system packages kvmppc needs, by role. Run as root.
+#   setup-system.sh runtime   what `pip install kvmppc` needs to build and the daemon needs to
+#                             run; works unchanged on a ppc64el (or any Debian) host
+#   setup-system.sh test      runtime plus everything the test suite needs (QEMU, a ppc64el
+#                             cross tool-chain, kernel build tools, Prometheus, systemd tools...)
+#   setup-system.sh --list ROLE   print the packages of ROLE, one a line, and install nothing
+# Idempotent: safe to run on every CI run and by hand. Installs with --no-install-recommends,
+# so every package a step needs is named here, each group under a comment saying who needs it.
 set -euo pipefail
 
-packages=(
-    # pip install .: systemd-python builds from source against libsystemd; cffi's extension
-    # needs a C compiler and the kernel's UAPI headers.
-    gcc pkg-config libsystemd-dev linux-libc-dev
-    # tests/powerguest: boot ppc64le kernels under QEMU (machine pseries; vof.bin comes in
-    # qemu-system-data), cross-build kvmppc's cffi extension, pack and unpack initramfs images.
-    qemu-system-ppc gcc-powerpc64le-linux-gnu cpio gzip xz-utils zstd
-    # tests/powerguest/build-pr-kernel.sh: build the KVM-PR capable kernel from linux-source-6.1.
-    make flex bison bc libssl-dev libelf-dev
+runtime_packages=(
+    # scripts/bootstrap.sh: a virtual environment with pip (python3-venv brings ensurepip's
+    # wheels); pip reaches PyPI over TLS with the system's certificate authorities.
+    python3 python3-venv ca-certificates
+    # pip install .: cffi (API mode) compiles kvmppc's extension: a C compiler, the C library's
+    # headers (only *recommended* by gcc), the kernel's UAPI headers (linux/kvm.h) and
+    # Python.h (python3-dev). cffi and the other dependencies come as wheels from PyPI.
+    gcc libc6-dev linux-libc-dev python3-dev
+    # service/kvmppc.service: ExecReload=/bin/kill (procps; minimal roots lack it, and
+    # systemd-analyze verify refuses a unit whose command is missing).
+    procps
+)
+
+test_packages=(
+    # tests/test_packaging.py lists the checkout's files with git.
+    git
+    # kvmppc[journal] (systemd-python, no wheels on PyPI) in the test venv, so the journal
+    # logging path is tested: it builds against libsystemd with pkg-config.
+    pkg-config libsystemd-dev
+    # tests/powerguest: boot ppc64le kernels under QEMU (machine pseries; vof.bin is in
+    # qemu-system-data), cross-build kvmppc's cffi extension against ppc64el's C library
+    # headers (libc6-dev-ppc64el-cross is only *recommended* by the cross compiler), pack and
+    # unpack initramfs images.
+    qemu-system-ppc qemu-system-data gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross
+    cpio gzip xz-utils zstd
+    # tests/powerguest/build-pr-kernel.sh: build the KVM-PR capable kernel from
+    # linux-source-6.1 (host tools of the kernel build: make, flex, bison, bc, perl, openssl
+    # and libelf headers).
+    make flex bison bc perl libssl-dev libelf-dev
     # The daemon's tests: systemd-socket-activate and systemd-analyze (systemd), a real
     # Prometheus server and promtool (prometheus), curl --unix-socket as a client, setpriv
     # (util-linux) to run it without capabilities.
     systemd prometheus curl util-linux
+    # The units booted for real: systemd-nspawn (systemd-container) in a Debian root that
+    # mmdebstrap bootstraps.
+    systemd-container mmdebstrap
+    # The libvirt hook test runs a real libvirtd (libvirt-daemon-system, its QEMU driver) and
+    # virsh (libvirt-clients); in a bare root libvirtd also wants dnsmasq-base, and the
+    # pseries guest it starts the ROMs in seabios (../shared/reference/libvirt-hook-recipe).
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base seabios
+    # bench/: command-line timings.
+    hyperfine
 )
 
+usage() { echo "usage: $0 [--list] runtime|test" >&2; exit 2; }
+list=false
+if [ "${1:-}" = --list ]; then list=true; shift; fi
+case "${1:-}" in
+    runtime) packages=("${runtime_packages[@]}") ;;
+    test) packages=("${runtime_packages[@]}" "${test_packages[@]}") ;;
+    *) usage ;;
+esac
+role=$1
+if [ "$list" = true ]; then printf '%s\n' "${packages[@]}"; exit 0; fi
+
 # The guest harness fetches Debian's ppc64el packages (kernel, busybox, python3.11) with
-# `apt-get download`, which needs the foreign architecture's package lists.
-if ! dpkg --print-foreign-architectures | grep -qx ppc64el; then
+# `apt-get download`, which needs that architecture's package lists. Only the test role:
+# on a ppc64el host the runtime role needs nothing foreign.
+if [ "$role" = test ] && [ "$(dpkg --print-architecture)" != ppc64el ] &&
+    ! dpkg --print-foreign-architectures | grep -qx ppc64el; then
     dpkg --add-architecture ppc64el
 fi
 

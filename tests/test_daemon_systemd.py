@@ -296,7 +296,7 @@ def test_sockets_listen_with_their_owner_and_mode_before_the_service_runs(
     owner = machine.run("stat", "-c", "%U %G %a %F", "/run/kvmppc/kvmppc.sock").stdout.split()
     assert owner == ["root", "kvm", "660", "socket"]
     listening = machine.systemctl_show("kvmppc-metrics.socket", "ActiveState", "Listen")
-    assert listening["ActiveState"] == "active" and "9641" in listening["Listen"]
+    assert listening["ActiveState"] == "active" and "19641" in listening["Listen"]
 
 
 def test_the_api_socket_starts_the_service_which_reports_ready(machine: Machine) -> None:
@@ -364,7 +364,7 @@ def test_the_metrics_socket_starts_the_service(machine: Machine) -> None:
     machine.run("systemctl", "stop", "kvmppc.service")
     assert machine.run("systemctl", "is-active", "kvmppc.service",
                        check=False).stdout.strip() == "inactive"
-    status, body = machine.http("127.0.0.1:9641", "/metrics")
+    status, body = machine.http("127.0.0.1:19641", "/metrics")
     assert status == 200 and "kvmppc_build_info{" in body
     assert machine.run("systemctl", "is-active", "kvmppc.service").stdout.strip() == "active"
 

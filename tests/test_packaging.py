@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -58,13 +60,39 @@ def test_wheel_has_every_module_profile_and_the_extension(wheel: Path) -> None:
     assert source - names == set()
     assert any(name.startswith("kvmppc/_kvmppc_cffi") and name.endswith(".so")
                for name in names)
+    # PEP 561: the package says it is typed, and the compiled module has its stub.
+    assert {"kvmppc/py.typed", "kvmppc/_kvmppc_cffi.pyi"} <= names
+
+
+def test_the_cffi_stub_declares_everything_the_builder_exports() -> None:
+    """kvmppc/_kvmppc_cffi.pyi is written by hand from _ioctl_build.CDEF: every #define and
+    every function there must be in the stub, and nothing else may be (mypy trusts it)."""
+    from kvmppc import _ioctl_build  # noqa: PLC0415 - imports cffi, only for this test
+
+    exported = set(re.findall(r"^#define (\w+) \.\.\.$", _ioctl_build.CDEF, re.MULTILINE))
+    exported |= set(re.findall(r"^int (\w+)\(", _ioctl_build.CDEF, re.MULTILINE))
+    stub = (ROOT / "kvmppc" / "_kvmppc_cffi.pyi").read_text()
+    lib_part = stub.split("class _Lib:", 1)[1].split("\nlib: _Lib", 1)[0]
+    declared = set(re.findall(r"^    (\w+): int$", lib_part, re.MULTILINE))
+    declared |= set(re.findall(r"^    def (\w+)\(", lib_part, re.MULTILINE))
+    assert len(exported) > 30  # the pattern still finds the CDEF's names
+    assert declared == exported
 
 
 def test_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
-    # The runtime dependencies come from the test runner's environment.
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    # The runtime dependencies (cffi's _cffi_backend, ioctl_opt, prometheus_client) come from
+    # the test runner's environment (.venv), appended to the new venv's sys.path by a .pth
+    # file: plain paths, so .venv's own .pth files (its editable kvmppc) are not processed and
+    # the only kvmppc found is the wheel's. The base interpreter's site-packages, which
+    # system_site_packages would give, lack them on a fresh machine.
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site_packages = Path(subprocess.run([str(python), "-c", where], capture_output=True,
+                                        text=True, check=True).stdout.strip())
+    runner_paths = dict.fromkeys(sysconfig.get_path(name) for name in ("purelib", "platlib"))
+    (site_packages / "zz-test-runner-deps.pth").write_text("\n".join(runner_paths) + "\n")
     install = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
          str(wheel)], capture_output=True, text=True, check=False,

@@ -44,7 +44,7 @@ def _register_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--socket", metavar="PATH",
                         help=f"API socket to create (default {DEFAULT_SOCKET})")
     parser.add_argument("--metrics-address", metavar="HOST:PORT",
-                        help="where to serve /metrics over TCP (default :9641, all interfaces;"
+                        help="where to serve /metrics over TCP (default :19641, all interfaces;"
                         " '' for the unix socket only)")
     parser.add_argument("--host-profile", metavar="NAME|FILE",
                         help="answer for a saved probe (a shipped profile's name or a file"

@@ -12,10 +12,12 @@ from typing import Any
 from kvmppc.daemon.defaults import DEFAULT_CONFIG_FILE, DEFAULT_SOCKET
 from kvmppc.errors import UsageError
 
-# In the range Prometheus keeps for exporters (9100-9999).  Its allocation list could not be
-# consulted when this was chosen; --metrics-address or metrics_address in the config file
-# move it.
-DEFAULT_METRICS_PORT = 9641
+# Outside every range of Prometheus' default-port registry (its wiki page "Default port
+# allocations": 9100-9999 are all taken and new exporters get 10000 upward; 9641 was the CoTURN
+# exporter's and MQTT2Prometheus'), as Prometheus' "Writing exporters" advises for exporters not
+# in that registry; below Linux's ephemeral ports (32768-60999); not in /etc/services. The old
+# 9641 in its last four digits. --metrics-address or metrics_address in the config file move it.
+DEFAULT_METRICS_PORT = 19641
 
 
 @dataclass(frozen=True)

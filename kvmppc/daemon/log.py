@@ -1,9 +1,11 @@
 """Logging: to the journal with structured fields under systemd, else to stderr.
 
 No timestamps of our own either way: journald adds them, and a foreground process's output
-is the developer's terminal.  Under systemd without systemd-python (a minimal install, a
+is the developer's terminal.  systemd-python is optional (the ``kvmppc[journal]`` extra, or
+Debian's python3-systemd): it has no wheels and builds only against libsystemd, so a plain
+``pip install kvmppc`` goes without it.  Under systemd without it (a minimal install, a
 ppc64le test guest) stderr lines carry sd-daemon(3) ``<N>`` priority prefixes, which
-journald turns into the entry's priority.
+journald, capturing the service's stderr, turns into the entry's priority.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def setup_logging(level: str, environ: Mapping[str, str] = os.environ,
     under_systemd = journal_stream_is_stderr(environ) or "INVOCATION_ID" in environ
     if under_systemd:
         try:
-            # systemd-python is optional (absent in the ppc64le test guest): import it only here.
+            # systemd-python is optional (kvmppc[journal]; absent in the ppc64le test guest and
+            # after a plain pip install): import it only here.
             from systemd.journal import JournalHandler  # noqa: PLC0415 - optional, see above
         except ImportError:
             pass  # systemd-python is optional: fall back to prefixed stderr lines below

@@ -723,8 +723,13 @@ def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | N
             for part in (*layers, overlay):
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out)
+        # -nodefaults: no default VGA (whose ROM, vgabios-stdvga.bin, comes from seabios,
+        # which a test host need not have; spapr_vga_init() in hw/ppc/spapr.c adds none for
+        # VGA_NONE, and with no graphics no USB keyboard either), no default NIC. The console
+        # is the machine's own spapr-vty on serial 0 (hvc0), on this process's stdio.
         argv = [QEMU, "-M", config.machine, "-cpu", config.cpu, "-m", config.memory,
-                "-smp", "1", "-nographic", "-no-reboot",
+                "-smp", "1", "-nodefaults", "-display", "none", "-serial", "mon:stdio",
+                "-no-reboot",
                 "-kernel", str(kernel.vmlinux), "-initrd", str(initrd),
                 # loglevel=1: kernel messages would cut into the framed output lines;
                 # panic=-1 with -no-reboot: a dead /init ends QEMU at once.
