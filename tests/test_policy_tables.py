@@ -655,3 +655,21 @@ def test_htm_on_real_nested_power9_kernel() -> None:
     result = check(profile, CheckRequest(machine="pseries-2.11", cpu="power9",
                                          qemu_version="7.2"))
     assert result.errors[0].message == NO_HTM
+
+
+@pytest.mark.parametrize(("profile", "family"), [
+    ("power9-radix-hv", "POWER9"), ("power10-radix-hv", "POWER10"), ("power8-hash-pr", "POWER8"),
+])
+@pytest.mark.parametrize("qemu_version", ["7.2", "10.0"])
+def test_default_cpu_under_kvm_is_the_host(profile: str, family: str, qemu_version: str) -> None:
+    """Under KVM no -cpu (or -cpu max) is ``host``, the host's own family: QEMU's
+    kvm_arch_init() overrides every pseries machine's default CPU type (target/ppc/kvm.c,
+    pseries_machine_class_fixup).  Under TCG it stays the machine's: POWER9 for pseries-7.2,
+    POWER10 for pseries-10.0."""
+    probe = load_profile(profile)
+    for cpu in (None, "max"):
+        result = check(probe, CheckRequest(cpu=cpu, qemu_version=qemu_version))
+        assert (result.accel, result.cpu.name, result.cpu.family) == ("kvm", "host", family)
+        tcg = check(probe, CheckRequest(cpu=cpu, accel="tcg", qemu_version=qemu_version))
+        assert (tcg.accel, tcg.cpu.name) == (
+            "tcg", {"7.2": "power9_v2.0", "10.0": "power10_v2.0"}[qemu_version])

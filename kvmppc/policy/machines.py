@@ -180,7 +180,8 @@ def lookup_cpu(
 
     QEMU's order: an 8-hex-digit value (after ``strtoul`` base 16, so white space and ``0x``
     count towards the length, except a lower-case ``0x`` before exactly 8 digits) is a PVR and
-    nothing else; ``max`` (exact) is the machine's default model; otherwise the name is
+    nothing else; ``max`` (exact) is the machine's default model (under KVM ``host``: see
+    below); otherwise the name is
     lower-cased, an alias replaced by its model, and the class looked up.  A model that exists
     but has no sPAPR core gets a different message from one that does not exist.
     """
@@ -199,6 +200,11 @@ def lookup_cpu(
                 raise QemuRefusalError(ProblemKind.CPU, "Unable to find sPAPR CPU Core definition")
             raise QemuRefusalError(ProblemKind.CPU, f"unable to find CPU model '{name}'")
     if name == "max":
+        if kvm:
+            # target/ppc/kvm.c kvm_ppc_register_host_cpu_type(), run by kvm_arch_init():
+            # "override TCG default cpu type with 'host' cpu model" for every pseries machine
+            # (pseries_machine_class_fixup), so under KVM no -cpu (or "max") is the host's.
+            return lookup_cpu("host", machine, kvm=True, host_pvr=host_pvr, qemu=qemu)
         return qemu.cpu_models[machine.default_cpu]
     lowered = name.encode("utf-8").lower().decode("utf-8")  # g_ascii_strdown: ASCII only
     lowered = qemu.cpu_aliases.get(lowered, lowered)
