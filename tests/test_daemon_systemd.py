@@ -202,8 +202,10 @@ class Machine:
         result: dict[str, Any] = json.loads(body)
         return result
 
-    def wait(self, condition: Any, timeout: float = 60, what: str = "") -> Any:
-        return wait_until(condition, timeout, 0.3, lambda: f"{what}\n{self.log.read_text()}")
+    def wait(self, condition: Any, timeout: float = 60, what: Any = "") -> Any:
+        """``what``: a text, or a callable giving one when the wait fails."""
+        return wait_until(condition, timeout, 0.3, lambda: (
+            f"{what() if callable(what) else what}\n{self.log.read_text()}"))
 
 
 def _mknod(path: Path, like: str, gid: int, mode: int) -> None:
@@ -269,9 +271,14 @@ def machine() -> Iterator[Machine]:
         if init is None:
             _unavailable(f"systemd-nspawn --boot did not start a container:\n{log.read_text()}")
         box = Machine(root, proc, init, log)
-        state = box.wait(lambda: box.run("systemctl", "is-system-running", check=False)
-                         .stdout.strip() in ("running", "degraded"), 120, "boot finished")
-        assert state
+        seen: list[str] = []
+
+        def booted() -> bool:
+            done = box.run("systemctl", "is-system-running", check=False)
+            seen[:] = [f"is-system-running: {done.stdout.strip()!r} {done.stderr.strip()!r}"]
+            return done.stdout.strip() in ("running", "degraded")
+
+        box.wait(booted, 120, lambda: "boot finished; last " + "".join(seen))
         box.run("systemctl", "enable", "--now", "kvmppc.socket", "kvmppc-metrics.socket")
         yield box
     finally:
