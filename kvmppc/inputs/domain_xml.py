@@ -27,7 +27,9 @@ libvirt 9.0 and QEMU 7.2 (tests/test_inputs_libvirt.py):
   (the host's default hugepage size without ``<page>``), at
   ``MOUNT/libvirt/qemu/-1-NAME`` (``qemuGetDomainHupageMemPath``; ``-1`` is the id
   domxml-to-native uses), with ``prealloc``; ``<source type='memfd'/>`` gives
-  ``memory-backend-memfd`` with ``hugetlb``/``hugetlbsize``.
+  ``memory-backend-memfd`` with ``hugetlb``/``hugetlbsize``;
+* ``<vcpu current=…>`` and ``<cpu><topology>`` become ``-smp N,maxcpus=…,sockets=…,dies=…,``
+  ``cores=…,threads=…`` (qemuBuildSmpCommandLine).
 
 What the host offers (hugetlbfs mounts, the default hugepage size, the base page size) is a
 parameter: this module reads nothing but the text it is given.
@@ -325,16 +327,39 @@ def domain_to_argv(text: str | bytes, host: HostMemory,
     argv += ["-m", mem_arg]
     if not cells:
         argv += ["-object", objects[0]]
-    vcpus = (root.findtext("vcpu") or "1").strip()
-    if not vcpus.isdigit():
-        raise DomainXMLError(f"<vcpu>: {vcpus!r} is not a number")
-    argv += ["-smp", f"{vcpus},sockets={vcpus},cores=1,threads=1"]
+    argv += ["-smp", _smp(root)]
     if cells:
         for index, node in enumerate(numa):
             if not legacy_numa:
                 argv += ["-object", objects[index]]
             argv += ["-numa", node]
     return argv, {"domain": name, "domain_type": virt_type}
+
+
+def _count(text: str | None, what: str) -> int:
+    value = (text or "").strip()
+    if not value.isdigit() or not 0 < int(value) < 1 << 32:
+        raise DomainXMLError(f"{what}: {value!r} is not a positive number")
+    return int(value)
+
+
+def _smp(root: ET.Element) -> str:
+    """qemuBuildSmpCommandLine (libvirt 9.0): the online vCPUs, ``maxcpus`` when some are
+    offline (``<vcpu current=N>``), then the ``<cpu><topology>`` (``dies`` is written because
+    QEMU 7.2 has QEMU_CAPS_SMP_DIES; libvirt 9.0 knows no clusters), or one socket per vCPU."""
+    vcpu = root.find("vcpu")
+    maximum = _count(vcpu.text, "<vcpu>") if vcpu is not None else 1
+    current = maximum
+    if vcpu is not None and vcpu.get("current") is not None:
+        current = _count(vcpu.get("current"), "<vcpu current>")
+    smp = str(current) if current == maximum else f"{current},maxcpus={maximum}"
+    topology = root.find("cpu/topology")
+    if topology is None:
+        return f"{smp},sockets={maximum},cores=1,threads=1"
+    sockets, cores, threads = (_count(topology.get(key), f"<topology {key}>")
+                               for key in ("sockets", "cores", "threads"))
+    dies = _count(topology.get("dies", "1"), "<topology dies>")
+    return f"{smp},sockets={sockets},dies={dies},cores={cores},threads={threads}"
 
 
 def _parse_nodeset(text: str) -> set[int]:
