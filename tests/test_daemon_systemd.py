@@ -178,8 +178,10 @@ class Machine:
 
     def run(self, *argv: str, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return _run("nsenter", f"--target={self.init}", "--all", "--", *argv, check=check,
-                    timeout=timeout)
+        # --root and --wd: the init's own root; in a chroot (CI's fresh root) the mount
+        # namespace's root is not the container's, and systemctl there finds no systemd.
+        return _run("nsenter", f"--target={self.init}", "--all", "--root", "--wd", "--", *argv,
+                    check=check, timeout=timeout)
 
     def systemctl_show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
