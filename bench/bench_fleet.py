@@ -37,6 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,7 +47,8 @@ from urllib.parse import urlencode
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kvmppc.daemon.metrics import KvmppcCollector, RequestMetrics
-from kvmppc.probe import ProbeResult, load_profile
+from kvmppc.model import ProbeResult
+from kvmppc.profiles import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = ("power8-hash-pr", "power9-radix-hv", "power10-radix-hv")
@@ -88,9 +90,13 @@ class _ReplayedCache:
     stale: bool = False
     attempts: int = 1
     failures: int = 0
+    hugepages_max_age: float = 1.0  # the daemon's default, for the HELP text
 
     def answer(self) -> ProbeResult:
         return self.result
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        return compute()  # one answer per replayed host: nothing to keep
 
 
 def _variant(profile: str, base_page_size: int, mounted: tuple[int, ...],
