@@ -59,7 +59,8 @@ def register(subparsers: Any) -> None:
         description="Replay QEMU's start-up decisions about cap-hpt-max-page-size on this"
         " host (or a saved host profile): its errors and warnings word for word, the guest's"
         " page sizes, and what to change.  Exit 0: QEMU starts; 1: it does not; 2: bad"
-        " arguments.",
+        " arguments; 3: cannot judge (a command line or domain asking for what kvmppc does"
+        " not model).",
     )
     add_check_arguments(chk)
     chk.add_argument("--host-profile", metavar="FILE",
@@ -76,7 +77,8 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cap-hpt-max-page-size, in QEMU's size syntax (default: the"
                         " machine's)")
     parser.add_argument("--cpu", metavar="MODEL",
-                        help="QEMU -cpu model (default: the machine type's own)")
+                        help="QEMU -cpu model (default: under KVM the host's, as QEMU's"
+                        " -cpu host; under TCG the machine type's own)")
     parser.add_argument("--machine", metavar="TYPE", default="pseries",
                         help="pseries machine type (default: pseries)")
     parser.add_argument("--mem-path", metavar="PATH", action="append", default=[],
