@@ -88,6 +88,10 @@ def render_probe(result: ProbeResult) -> str:
     lines.append(f"host: {host.arch}, kernel {host.kernel_release}, {cpu}"
                  + (f", {details}" if details else ""))
     lines.append(f"  base page size {_size(host.base_page_size)}")
+    # What `check` answers for by default (kvmppc.qemu_versions.choose): the installed QEMU.
+    lines.append(f"  qemu-system-ppc64: {host.qemu_version}" if host.qemu_version
+                 else "  qemu-system-ppc64: none found (checks answer for the newest modelled"
+                 " QEMU unless given --qemu-version)")
     if host.error:
         lines.append(f"  error: {host.error}")
     pools = ", ".join(

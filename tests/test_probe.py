@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from kvmppc.model import (
 )
 from kvmppc.probe import ProbePaths, fallback_smmu_info, parse_cpuinfo, probe
 from kvmppc.profiles import load_profile, shipped_profiles
+from kvmppc.render import render_probe
 from tests.helpers import needs_kvm
 
 # /proc/cpuinfo as a POWER9 PowerNV host prints it (arch/powerpc/kernel/setup-common.c).
@@ -321,3 +323,12 @@ def test_cli_pr_profile_explains_the_vcpu_dependent_table(
     assert "lands on KVM-PR" in out
     assert "once vCPU 0 has a POWER7 or later PVR" in out
     assert "HV (type 1): not available" in out
+
+
+def test_probe_text_names_the_qemu_checks_answer_for() -> None:
+    """The text says which qemu-system-ppc64 the probe found (what `check` answers for by
+    default), or that none was, as for the shipped profiles captured in guests without QEMU."""
+    profile = load_profile("power9-radix-hv")
+    assert "  qemu-system-ppc64: none found" in render_probe(profile)
+    found = replace(profile, host=replace(profile.host, qemu_version="10.0.13"))
+    assert "  qemu-system-ppc64: 10.0.13\n" in render_probe(found)
