@@ -32,6 +32,9 @@ from pathlib import Path
 
 from kvmppc.probe import probe, refresh_hugepages
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's tests/
+from tests.daemon_support import non_reader, rss_kib
+
 HERE = Path(__file__).resolve().parent
 CHECK = "/v1/check?max_page_size=64k"
 
@@ -171,13 +174,6 @@ def _config(tmp: str, text: str) -> str:
     return path
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def http_get(path: str, target: str, method: str = "GET") -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
@@ -194,26 +190,7 @@ def http_get(path: str, target: str, method: str = "GET") -> bytes:
 
 def non_readers(path: str, clients: int = 10, each: int = 1 << 20) -> list[socket.socket]:
     """Clients that pipeline up to ``each`` bytes of GET /v1/host and never read."""
-    request = b"GET /v1/host HTTP/1.1\r\nHost: x\r\n\r\n"
-    payload = request * (65536 // len(request))
-    socks = []
-    for _ in range(clients):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(path)
-        sock.setblocking(False)
-        sent, stalls = 0, 0
-        while sent < each and stalls < 5:
-            try:
-                sent += sock.send(payload[:each - sent])
-                stalls = 0
-            except BlockingIOError:
-                stalls += 1
-                time.sleep(0.02)
-            except OSError:
-                break
-        socks.append(sock)
-    return socks
+    return [non_reader(path, each) for _ in range(clients)]
 
 
 def fresh_client_ms(path: str, target: str = "/v1/health", timeout: float = 5.0) -> float:

@@ -190,3 +190,28 @@ def socket_fds(pid: int) -> int:
 def traceback_free(log: str) -> None:
     """The daemon's log holds no Python traceback (every bad input answered, not raised)."""
     assert "Traceback" not in log, f"a traceback in the daemon's log:\n{log[-4000:]}"
+
+
+def non_reader(address: str | tuple[str, int], total: int,
+               raw: bytes = b"GET /v1/host HTTP/1.1\r\nHost: x\r\n\r\n") -> socket.socket:
+    """A client that pipelines up to ``total`` bytes of ``raw`` requests and never reads an
+    answer; it stops sending once the daemon stops taking its requests (the abuse tests and
+    bench/bench_daemon.py)."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(address)
+    sock.setblocking(False)
+    payload = raw * (65536 // len(raw))
+    sent, stalls = 0, 0
+    while sent < total and stalls < 5:
+        try:
+            sent += sock.send(payload[:total - sent])
+            stalls = 0
+        except BlockingIOError:
+            stalls += 1
+            time.sleep(0.02)
+        except OSError:
+            break  # cut off already
+    return sock

@@ -26,6 +26,7 @@ import pytest
 
 from tests.daemon_support import (
     Daemon,
+    non_reader,
     read_response,
     request,
     rss_kib,
@@ -46,26 +47,6 @@ def _connect(address: str | tuple[str, int]) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(5)
     sock.connect(address)
-    return sock
-
-
-def _non_reader(address: str | tuple[str, int], total: int) -> socket.socket:
-    """A client that pipelines up to ``total`` bytes of requests and never reads an answer;
-    it stops sending once the daemon stops taking its requests."""
-    sock = _connect(address)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    payload = HOST_REQUEST * (65536 // len(HOST_REQUEST))
-    sent, stalls = 0, 0
-    while sent < total and stalls < 5:
-        try:
-            sent += sock.send(payload[:total - sent])
-            stalls = 0
-        except BlockingIOError:
-            stalls += 1
-            time.sleep(0.02)
-        except OSError:
-            break  # cut off already
     return sock
 
 
@@ -113,7 +94,7 @@ def test_non_reading_pipelining_clients_are_bounded_and_cut_off(tmp_path: Path) 
     with run_daemon(tmp_path, config=config) as daemon:
         pid = daemon.proc.pid
         idle_sockets = socket_fds(pid)
-        with _closing([_non_reader(daemon.socket_path, 1024 * MIB) for _ in range(10)]):
+        with _closing([non_reader(daemon.socket_path, 1024 * MIB) for _ in range(10)]):
             assert rss_kib(pid) < 64 * MIB, f"RSS {rss_kib(pid)} KiB"
             _fresh_client_answered_fast(daemon.socket_path)
             with _connect(daemon.socket_path) as sock:
@@ -142,7 +123,7 @@ def test_fd_exhaustion_by_rounds_of_non_readers_stays_under_the_limit(tmp_path: 
         most = 0
         for _round in range(5):
             try:
-                socks = [_non_reader(daemon.socket_path, 64 * MIB) for _ in range(64)]
+                socks = [non_reader(daemon.socket_path, 64 * MIB) for _ in range(64)]
             except BlockingIOError:
                 pytest.fail("the daemon stopped accepting: its listen backlog is full")
             stack.enter_context(_closing(socks))
