@@ -33,6 +33,7 @@ class ProblemKind(enum.Enum):
     KVM_MMU = "kvm-mmu"  # kvm_check_mmu: the guest's table against the kernel's
     CI_PAGES = "ci-pages"  # kvm_check_mmu: 64 KiB cache-inhibited pages on a 4 KiB host
     MMU_MODE = "mmu-mode"  # spapr_check_mmu_mode: hash or radix unavailable
+    VSMT = "vsmt"  # spapr_set_vsmt_mode: KVM's SMT mode for the machine's VSMT
 
 
 class When(enum.Enum):
