@@ -1,0 +1,92 @@
+"""The command-line reader's option tables against the real QEMU 7.2 and 10.0.
+
+Every option either table names (and every option either binary's ``-help`` lists) is tried
+on the binary: ``-version -OPT`` and ``-version -OPT x`` (QEMU's first pass over the command
+line: "invalid option", "requires an argument"), then ``-OPT [x] -version`` (the second pass,
+in order: "Option not supported for this target" before ``-version`` exits).  The expected
+class of each option comes from the binary; kvmppc's reader must put it in the same class.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from qemu_oracle import Qemu, need, qemu10, qemu72
+
+from kvmppc.inputs.qemu_argv import (
+    OPTIONS_WITH_ARG,
+    OPTIONS_WITHOUT_ARG,
+    CommandLineError,
+    option_table,
+    translate_argv,
+)
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(scope="module", params=["7.2", "10.0"])
+def qemu(request: pytest.FixtureRequest) -> Qemu:
+    return need(qemu72() if request.param == "7.2" else qemu10())
+
+
+def _stderr(qemu: Qemu, args: list[str]) -> str:
+    proc = subprocess.run(qemu.argv(args), capture_output=True, text=True, timeout=60,
+                          check=False, stdin=subprocess.DEVNULL)
+    return proc.stderr
+
+
+def _help_options(qemu: Qemu) -> set[str]:
+    out = subprocess.run(qemu.argv(["-help"]), capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    return {m[1] for m in re.finditer(r"^-([a-zA-Z0-9][a-zA-Z0-9_-]*)", out, re.M)}
+
+
+def _real_class(qemu: Qemu, name: str) -> str:
+    """"invalid", "not for target", "with arg" or "without arg", as the binary says."""
+    bare = _stderr(qemu, ["-version", f"-{name}"])
+    if "invalid option" in bare:
+        return "invalid"
+    with_arg = "requires an argument" in bare
+    late = _stderr(qemu, [f"-{name}", *(["x"] if with_arg else []), "-version"])
+    if "Option not supported for this target" in late:
+        return "not for target"
+    return "with arg" if with_arg else "without arg"
+
+
+def _reader_class(version: str, name: str) -> str:
+    table = option_table(version)
+    args = ["x"] if name in table.with_arg else []
+    try:
+        translate_argv(["qemu-system-ppc64", f"-{name}", *args], version)
+    except CommandLineError as exc:
+        if "invalid option" in str(exc):
+            return "invalid"
+        if "Option not supported for this target" in str(exc):
+            return "not for target"
+    return "with arg" if args else "without arg"
+
+
+def test_option_tables_match_the_binary(qemu: Qemu) -> None:
+    names = sorted(OPTIONS_WITH_ARG | OPTIONS_WITHOUT_ARG | option_table("10.0").with_arg
+                   | option_table("10.0").without_arg | _help_options(qemu))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        real = dict(zip(names, pool.map(lambda n: _real_class(qemu, n), names), strict=True))
+    # the grid means something: both kinds of refusal, and the releases' differences
+    assert real["no-fd-bootchk"] == "not for target" and real["alt-grab"] == "invalid"
+    assert real["run-with"] == ("with arg" if qemu.name == "10.0" else "invalid")
+    assert real["runas"] == ("invalid" if qemu.name == "10.0" else "with arg")
+    ours = {name: _reader_class(qemu.name, name) for name in names}
+    assert ours == real
+
+
+def test_a_removed_option_is_qemus_words() -> None:
+    """What Debian 13's QEMU says to a line Debian 12's ran (the reader's words match it)."""
+    qemu = need(qemu10())
+    argv = ["-M", "pseries", "-accel", "tcg", "-runas", "nobody", "-nodefaults"]
+    assert "qemu-system-ppc64: -runas: invalid option" in _stderr(qemu, argv)
+    translate_argv(["qemu-system-ppc64", *argv], "7.2")  # 7.2 reads it
+    with pytest.raises(CommandLineError, match=r"^-runas: invalid option"):
+        translate_argv(["qemu-system-ppc64", *argv], "10.0")
