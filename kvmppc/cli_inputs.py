@@ -153,8 +153,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      " --qemu-cmdline-file is given (default %(default)s)")
     aud.add_argument("--what-if", metavar="KEY=VALUE", action="append", default=[],
                      help="a hypothetical host: base-page-size=4K, host-profile=NAME,"
-                     " hugepages=SIZE:COUNT (a pool of COUNT pages of SIZE, mounted);"
-                     " repeatable, all apply to one what-if host")
+                     " hugepages=SIZE:COUNT (a pool of COUNT pages of SIZE, mounted),"
+                     " qemu-version=10.0 (the host runs that QEMU), or debian13 (the host"
+                     " upgraded to Debian 13: qemu-version=10.0 and base-page-size=4K, the"
+                     " default linux-image-powerpc64le; qemu-version=10.0 alone for the -64k"
+                     " kernel); repeatable, all apply to one what-if host, which answers say"
+                     " what changed from this host's")
+    aud.add_argument("--qemu-version", metavar="VERSION",
+                     help="the QEMU release this host runs (7.2 or 10.0; default: the"
+                     " installed one the probe found, else the newest modelled)")
     aud.add_argument("--host-profile", metavar="NAME|FILE",
                      help="a saved probe or shipped profile instead of probing this host")
     aud.add_argument("--json", action="store_true", help="print JSON")
