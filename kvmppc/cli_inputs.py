@@ -80,28 +80,29 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
         probe = load_probe(args.host_profile)
         live = not args.host_profile
         backings = None
-        if args.domain is not None:
-            from kvmppc.qemu_versions import choose  # noqa: PLC0415 - see kvmppc/cli.py
+        from kvmppc.qemu_versions import choose  # noqa: PLC0415 - see kvmppc/cli.py
 
-            # libvirt writes the machine the release's "pseries" alias stands for
-            try:
-                release = choose(getattr(args, "qemu_version", None), probe.host.qemu_version)
-            except ValueError as exc:
-                raise UsageError(f"--qemu-version: {exc}") from None
+        # the release answered for reads the line (its options) and, for a domain, libvirt
+        # writes the machine its "pseries" alias stands for
+        try:
+            release = choose(getattr(args, "qemu_version", None), probe.host.qemu_version)
+        except ValueError as exc:
+            raise UsageError(f"--qemu-version: {exc}") from None
+        if args.domain is not None:
             translation = translate_domain(_read(args.domain), host_memory_from_probe(probe),
-                                           pseries=release.table.default_machine)
+                                           qemu_version=release.version)
         else:
             argv = args.qemu_argv
             if argv == ["-"]:
                 argv = split_command_line(sys.stdin.read())
-            translation = translate_argv(argv)
+            translation = translate_argv(argv, release.version)
             request = translation.request
             if live and request is not None and request.mem_paths:
                 # As 'kvmppc check --mem-path' does: statfs each path, as QEMU will.
                 backings = [live_backing(probe, path) for path in request.mem_paths]
         if getattr(args, "qemu_version", None) and translation.request is not None:
-            # --qemu-version applies to a command line or domain too (its syntax is read as
-            # QEMU 7.2 reads it; the answer is the release asked for)
+            # --qemu-version applies to a command line or domain too (read with that
+            # release's options; the answer is the release asked for)
             import dataclasses  # noqa: PLC0415 - see kvmppc/cli.py's docstring
 
             translation = dataclasses.replace(translation, request=dataclasses.replace(
