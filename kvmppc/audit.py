@@ -319,28 +319,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise UsageError(f"--qemu-version: {exc}") from None
         release = choose(own, here.host.qemu_version)
-        hosts = [(f"this host ({here.source}, QEMU {release.version})", here, own)]
+        hosts = [(f"this host ({here.source}, QEMU {release.version})", here, own,
+                  release.version)]
         if args.what_if:
             there = what_if(here, list(args.what_if))
             there_qemu = there.qemu_version or own
             there_release = choose(there_qemu, there.probe.host.qemu_version).version
-            hosts.append((f"{there.label} (QEMU {there_release})", there.probe, there_qemu))
+            hosts.append((f"{there.label} (QEMU {there_release})", there.probe, there_qemu,
+                          there_release))
     except (UsageError, ProfileError) as exc:
         print(f"kvmppc: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    report: list[tuple[str, list[Row]]] = []
-    for label, probe, qemu_version in hosts:
+    report: list[tuple[str, str, list[Row]]] = []
+    for label, probe, qemu_version, answered in hosts:
         rows = [audit_guest(g, probe, qemu_version) for g in guests]
         if report:
-            rows = [compare(h, t) for h, t in zip(report[0][1], rows, strict=True)]
-        report.append((label, rows))
+            rows = [compare(h, t) for h, t in zip(report[0][2], rows, strict=True)]
+        report.append((label, answered, rows))
     if args.json:
-        print(json.dumps({"hosts": [{"host": label, "guests": [r.to_dict() for r in rows]}
-                                    for label, rows in report]}, indent=2))
+        print(json.dumps({"hosts": [{"host": label, "qemu_version": answered,
+                                     "guests": [r.to_dict() for r in rows]}
+                                    for label, answered, rows in report]}, indent=2))
     else:
         print("\n\n".join(_table(label + ":", rows, compared=index > 0)
-                           for index, (label, rows) in enumerate(report)))
-    verdicts = {r.verdict for _label, rows in report for r in rows}
+                           for index, (label, _answered, rows) in enumerate(report)))
+    verdicts = {r.verdict for _label, _answered, rows in report for r in rows}
     if "no" in verdicts:
         return EXIT_NO
     if "bad input" in verdicts:

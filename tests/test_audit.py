@@ -128,6 +128,7 @@ def test_what_if_debian13(tmp_path: Path) -> None:
     assert [h["host"] for h in body["hosts"]] == [
         "this host (profile:power9-radix-hv, QEMU 7.2)",
         "what-if debian13 (= qemu-version=10.0 + base-page-size=4K) (QEMU 10.0)"]
+    assert [h["qemu_version"] for h in body["hosts"]] == ["7.2", "10.0"]
     here, there = rows(body, 0), rows(body, 1)
     assert {k: v["would_start"] for k, v in here.items()} == {
         "web": "yes", "old": "yes", "small": "yes"}
