@@ -34,6 +34,11 @@ test_packages=(
     # unpack initramfs images.
     qemu-system-ppc qemu-system-data gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross
     cpio gzip xz-utils zstd
+    # tests/powerguest/kvm_oracle.py: Debian's ppc64el QEMU in the guest, cut down to the ELF
+    # closure of its binary (powerpc64le-linux-gnu-readelf), and Debian 13's packages, an
+    # older build from the pool when the index names one the registry does not serve (curl;
+    # the trixie archive key is in debian-archive-keyring).
+    binutils-powerpc64le-linux-gnu curl debian-archive-keyring
     # tests/powerguest/build-pr-kernel.sh: build the KVM-PR capable kernel from
     # linux-source-6.1 (host tools of the kernel build: make, flex, bison, bc, perl, openssl
     # and libelf headers).

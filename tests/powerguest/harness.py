@@ -496,6 +496,7 @@ class GuestConfig:
     memory: str = "4G"  # room for kvm_oracle's hugepage pools and QEMU inside
     pages: str = "64k"  # the kernel's base page size; 4k profiles are named <...>-4k
     suite: str = HOST_SUITE  # the Debian release of the guest's userland (python, QEMU)
+    profile_suffix: str | None = None  # None: "" for 64 KiB pages, "-4k" for 4 KiB
 
 
 # Nested KVM-HV needs cap-nested-hv (QEMU refuses it before POWER9); x-vof=on boots with
@@ -522,6 +523,9 @@ CONFIGS: dict[str, GuestConfig] = {
         GuestConfig("power9-hv-debian13", "hv", "debian13", "POWER9",
                     "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv"), pages="4k",
                     suite="trixie"),
+        GuestConfig("power9-hv-debian13-64k", "hv", "debian13-64k", "POWER9",
+                    "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv"), suite="trixie",
+                    profile_suffix="-debian13-64k"),
     )
 }
 
@@ -1128,7 +1132,9 @@ def profile_name(config: GuestConfig, probe: dict[str, Any]) -> str:
     """<cpu>-<mmu>-<kind>, e.g. power9-radix-hv: the CPU model, MMU mode and VM type; a
     4 KiB-page kernel's ends in -4k (power9-radix-hv-4k)."""
     mmu = probe["host"]["mmu"] or "unknown"
-    suffix = "" if config.pages == "64k" else f"-{config.pages}"
+    suffix = config.profile_suffix
+    if suffix is None:
+        suffix = "" if config.pages == "64k" else f"-{config.pages}"
     return f"{config.cpu.lower()}-{mmu.lower()}-{config.kind}{suffix}"
 
 
