@@ -64,6 +64,7 @@ from kvmppc.policy.problems import ProblemKind, ProblemLog, QemuRefusalError, Wh
 from kvmppc.policy.request import VM_TYPE_BY_KVM_TYPE, CheckRequest
 from kvmppc.policy.result import CheckResult, MmuModes
 from kvmppc.qemu_versions import choose
+from kvmppc.qemu_versions.table import Messages
 
 SPAPR_MEMORY_BLOCK_SIZE = 256 * MiB
 MIN_RMA_SLOF = 128 * MiB
@@ -199,11 +200,12 @@ def _command_line(s: _Startup) -> bool:
 def _accelerator(s: _Startup) -> bool:
     if s.accel != "kvm":
         return True
-    s.kvm = kvm_context(s.probe, s.request.kvm_type, s.log)
+    s.kvm = kvm_context(s.probe, s.request.kvm_type, s.log, s.qemu.table.messages)
     return s.kvm is not None
 
 
-def kvm_context(probe: ProbeResult, kvm_type: str | None, log: ProblemLog) -> KvmContext | None:
+def kvm_context(probe: ProbeResult, kvm_type: str | None, log: ProblemLog,
+                messages: Messages) -> KvmContext | None:
     """What QEMU's ``-accel kvm`` gets on this host, or None with QEMU's error recorded."""
     if not probe.host.is_powerpc:
         # A qemu-system-ppc64 built for another architecture has no KVM accelerator at all.
@@ -225,7 +227,7 @@ def kvm_context(probe: ProbeResult, kvm_type: str | None, log: ProblemLog) -> Kv
         # accel/kvm/kvm-all.c kvm_init; -EINVAL from KVM_CREATE_VM: that module is absent.
         # kvm_arch_get_default_type's hint (target/ppc/kvm.c), then kvm_init's caller.
         module = "pr" if kvm_type == "PR" else "hv"
-        log.error(K.ACCEL, "ioctl(KVM_CREATE_VM) failed: 22 Invalid argument", more=(
+        log.error(K.ACCEL, messages.kvm_create_vm_failed, more=(
             f"PPC KVM module is not loaded. Try modprobe kvm_{module}.",
             "-accel kvm: failed to initialize kvm: Invalid argument"))
         return None

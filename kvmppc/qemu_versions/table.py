@@ -38,6 +38,9 @@ class Messages:
 
     unsupported_machine: str  # hw/core/machine.c / system/vl.c select_machine()
     deprecated_machine: str | None  # warn_report in system/vl.c, None: nothing deprecated
+    # accel/kvm/kvm-all.c kvm_init when KVM_CREATE_VM fails (10.0 reports it through the
+    # accelerator's Error, so with the option's location and without the errno's number)
+    kvm_create_vm_failed: str = "ioctl(KVM_CREATE_VM) failed: 22 Invalid argument"
 
 
 @dataclass(frozen=True)

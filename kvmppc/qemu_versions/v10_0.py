@@ -97,6 +97,7 @@ TABLE = QemuTable(
             "Machine type '{name}' is deprecated: machines more than 3 years old are"
             " subject to deletion after 6 years"
         ),
+        kvm_create_vm_failed="-accel kvm: ioctl(KVM_CREATE_VM) failed: Invalid argument",
     ),
     strtosz="8.1",
 )
