@@ -40,7 +40,8 @@ GUESTS = {
 
 
 def _lines(stderr: str) -> list[str]:
-    out = [line[len(PREFIX):] for line in stderr.splitlines() if line.startswith(PREFIX)]
+    """Every line QEMU printed, without the program name (hints have none)."""
+    out = [line.removeprefix(PREFIX) for line in stderr.splitlines() if line.strip()]
     return [line for line in out if not UNRELATED.match(line)]
 
 
