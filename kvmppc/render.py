@@ -198,6 +198,8 @@ def qemu_args(request: CheckRequest, result: CheckResult) -> tuple[str, ...]:
         options.append(f"cap-hpt-max-page-size={format_size(1 << result.max_page_shift)}")
     if result.accel == "kvm" and request.kvm_type:
         options.append(f"kvm-type={request.kvm_type}")
+    if request.backends:
+        return _qemu_args_with_backends(request, result, options)
     if len(request.mem_paths) == 1:
         options.append("memory-backend=ram0")
     args = ["-machine", ",".join(options), "-accel", result.accel]
@@ -205,12 +207,45 @@ def qemu_args(request: CheckRequest, result: CheckResult) -> tuple[str, ...]:
         args += ["-cpu", request.cpu]
     size = format_size(result.ram_size) if result.ram_size else request.memory
     if request.memory is not None or request.mem_paths:
-        args += ["-m", size or ""]
+        args += ["-m", (size or "") + _hotplug_options(request)]
+    elif request.maxmem is not None or request.slots is not None:
+        args += ["-m", "512M" + _hotplug_options(request)]
     for index, path in enumerate(request.mem_paths):
         args += [
             "-object",
             f"memory-backend-file,id=ram{index},size={size},mem-path={path},prealloc=on",
         ]
+    return tuple(args)
+
+
+def _hotplug_options(request: CheckRequest) -> str:
+    return "".join(f",{key}={value}" for key, value in (
+        ("slots", request.slots), ("maxmem", request.maxmem)) if value is not None)
+
+
+def _qemu_args_with_backends(request: CheckRequest, result: CheckResult,
+                             options: list[str]) -> tuple[str, ...]:
+    """Backends as ``-object``s, the machine's as ``memory-backend=``, the others as NUMA
+    nodes' memdevs (ids mem0, mem1, ... where none was given)."""
+    ids = [b.id or f"mem{i}" for i, b in enumerate(request.backends)]
+    options += [f"memory-backend={ids[i]}" for i, b in enumerate(request.backends)
+                if b.use == "ram"]
+    args = ["-machine", ",".join(options), "-accel", result.accel]
+    if request.cpu is not None:
+        args += ["-cpu", request.cpu]
+    if request.memory is not None or request.maxmem is not None or request.slots is not None:
+        size = format_size(result.ram_size) if result.ram_size else (request.memory or "512M")
+        args += ["-m", size + _hotplug_options(request)]
+    if request.mem_paths:
+        args += ["-mem-path", request.mem_paths[0]]
+    for i, backend in enumerate(request.backends):
+        spec = backend.to_spec().rsplit(",use=", 1)[0]
+        kind, _, rest = spec.partition(",")
+        if backend.id is None:
+            rest = f"id={ids[i]},{rest}"
+        args += ["-object", f"{kind},{rest}"]
+    args += [item for i, b in enumerate(request.backends) if b.use == "numa"
+             for item in ("-numa", f"node,memdev={ids[i]}")]
     return tuple(args)
 
 
