@@ -48,7 +48,7 @@ BACKEND_TYPES = ("memory-backend-ram", "memory-backend-file", "memory-backend-me
 BACKEND_USES = ("ram", "numa", "none")
 # The -object keys kvmppc reads; the others QEMU takes for a memory backend have no bearing on
 # page sizes or on whether the backend can be created on a host that has the memory.
-BACKEND_KEYS = ("qom-type", "id", "size", "mem-path", "hugetlb", "hugetlbsize", "use")
+BACKEND_KEYS = ("qom-type", "id", "size", "mem-path", "hugetlb", "hugetlbsize", "use", "node")
 IGNORED_BACKEND_KEYS = frozenset({
     "prealloc", "prealloc-threads", "share", "merge", "dump", "host-nodes", "policy", "seal",
     "reserve", "discard-data", "x-use-canonical-path-for-ramblock-id", "pmem",
@@ -91,9 +91,10 @@ class MemoryBackend:
     ``qom_type`` memory-backend-ram, -file or -memfd; ``size`` and ``hugetlbsize`` in QEMU's
     size syntax; ``mem_path`` for a file backend; ``hugetlb`` for a memfd.  ``use``: "ram"
     (``-machine memory-backend=``), "numa" (a ``-numa node,memdev=``, nodes in the order
-    given) or "none" (created, not mapped as RAM).  As text (the ``backend`` query
-    parameter, ``kvmppc check --backend``) it is the ``-object`` text, with ``use=`` added:
-    ``memory-backend-file,size=2G,mem-path=/dev/hugepages,use=numa``.
+    given, or ``node``, the node id, when the objects come in another order than the nodes)
+    or "none" (created, not mapped as RAM).  As text (the ``backend`` query parameter,
+    ``kvmppc check --backend``) it is the ``-object`` text, with ``use=`` (and ``node=``)
+    added: ``memory-backend-file,size=2G,mem-path=/dev/hugepages,use=numa``.
     """
 
     qom_type: str
@@ -103,6 +104,7 @@ class MemoryBackend:
     hugetlbsize: str | None = None
     use: str = "ram"
     id: str | None = None
+    node: int | None = None
 
     def __post_init__(self) -> None:
         if self.qom_type not in BACKEND_TYPES:
@@ -154,7 +156,7 @@ class MemoryBackend:
             qom_type=props["qom-type"], size=props["size"], mem_path=props.get("mem-path"),
             hugetlb=_bool("hugetlb", props["hugetlb"]) if "hugetlb" in props else False,
             hugetlbsize=props.get("hugetlbsize"), use=props.get("use", default_use),
-            id=props.get("id"),
+            id=props.get("id"), node=_node(props["node"]) if "node" in props else None,
         )
 
     def to_spec(self) -> str:
@@ -169,12 +171,26 @@ class MemoryBackend:
         if self.hugetlbsize is not None:
             parts.append(f"hugetlbsize={self.hugetlbsize}")
         parts.append(f"use={self.use}")
+        if self.node is not None:
+            parts.append(f"node={self.node}")
         return ",".join(part.replace(",", ",,") if i else part for i, part in enumerate(parts))
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.qom_type, "id": self.id, "size": self.size,
                 "mem_path": self.mem_path, "hugetlb": self.hugetlb,
-                "hugetlbsize": self.hugetlbsize, "use": self.use}
+                "hugetlbsize": self.hugetlbsize, "use": self.use, "node": self.node}
+
+
+def _node(text: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"backend node={text!r}: give the NUMA node id (0, 1, ...)")
+    return int(text)
+
+
+def numa_nodes(backends: tuple[MemoryBackend, ...]) -> list[MemoryBackend]:
+    """The NUMA nodes' memdevs in node order (``node=`` where given, else as listed)."""
+    numa = [b for b in backends if b.use == "numa"]
+    return sorted(numa, key=lambda b: b.node if b.node is not None else numa.index(b))
 
 
 def split_spec(text: str) -> dict[str, str]:

@@ -60,6 +60,7 @@ from kvmppc.policy.memory import (
     max_hotplug_slots,
     mem_property_error,
     node0_size,
+    numa_nodes,
     parse_slots,
 )
 from kvmppc.policy.mmu import (
@@ -432,7 +433,7 @@ def _board_memory(s: _Startup) -> None:
     only now), then hw/core/numa.c ``numa_complete_configuration``."""
     request, log = s.request, s.log
     ram_backend = next((b for b in request.backends if b.use == "ram"), None)
-    numa = [b for b in request.backends if b.use == "numa"]
+    numa = numa_nodes(request.backends)
     if ram_backend is not None:
         if request.memory is None:
             s.ram = ram_backend.size_bytes  # softmmu/vl.c qemu_resolve_machine_memdev
