@@ -280,6 +280,22 @@ class KvmInfo:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a host profile comes from.  ``kind`` "captured": a real kernel's own answers (a
+    probe); "derived": written from the kernel's source where no such host could be run,
+    from the captured profile ``derived_from``, changed as ``why`` says, per ``sources``."""
+
+    kind: str
+    derived_from: str | None = None
+    why: str = ""
+    sources: tuple[str, ...] = ()
+
+    @property
+    def derived(self) -> bool:
+        return self.kind == "derived"
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     host: HostInfo
     hugepages: HugepageInfo
@@ -289,6 +305,8 @@ class ProbeResult:
     source: str = "live"  # "live", or "profile:NAME" when replayed
     kvmppc_version: str = ""
     schema_version: int = SCHEMA_VERSION
+    # None: a live probe, or a profile from before the field (captured).
+    provenance: Provenance | None = None
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(jsonable(self), indent=indent, sort_keys=False)

@@ -76,10 +76,20 @@ def _vm_type_lines(vm: VmTypeInfo) -> list[str]:
     return lines
 
 
+def derived_text(probe: ProbeResult) -> str:
+    """One line saying a profile was derived from the kernel's source, from what, and why."""
+    prov = probe.provenance
+    assert prov is not None
+    base = f"from the captured profile {prov.derived_from}" if prov.derived_from else ""
+    return f"written from kernel source {base}: {prov.why}".replace("  ", " ")
+
+
 def render_probe(result: ProbeResult) -> str:
     """``kvmppc probe``'s text."""
     host, kvm, huge = result.host, result.kvm, result.hugepages
     lines = [f"kvmppc {result.kvmppc_version or __version__} probe ({result.source})"]
+    if result.provenance is not None and result.provenance.derived:
+        lines.append(f"DERIVED, not captured: {derived_text(result)}")
     cpu = host.cpu_model or "unknown CPU"
     if host.pvr is not None:
         cpu += f", PVR {host.pvr:#010x}"

@@ -167,6 +167,10 @@ def replay(probe: ProbeResult, request: CheckRequest,
     s.ledger = PoolLedger(probe.hugepages)
     for note in choice.notes:
         s.log.note(note)
+    if probe.provenance is not None and probe.provenance.derived:
+        s.log.note(f"host profile {probe.source.removeprefix('profile:')} is DERIVED from"
+                   f" kernel source, not captured from a running kernel"
+                   f" (from {probe.provenance.derived_from}): {probe.provenance.why}")
     phases = (_command_line, _accelerator, _machine_deprecation, _memory_backends, _cpu_model,
               _machine_init, _machine_reset, _cpu_reset, _device_tree)
     for phase in phases:
