@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kvmppc.model import ProbeResult
+from kvmppc.model import HugepagePool, ProbeResult
 from kvmppc.policy.backing import Backing
 from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT
@@ -199,10 +199,25 @@ def _hugepage_suggestions(probe: ProbeResult, result: CheckResult,
             # softmmu/physmem.c file_ram_alloc: a backend holds whole hugepages.
             change += f" and -m {request.memory} (RAM of at least one hugepage)"
         out.append(_suggest(
-            probe, result, change, request, backings=backings, steps=steps,
-            hugepage_size=size,
+            _pool_grown(probe, size, _round_up(ram, size) // size), result, change, request,
+            backings=backings, steps=steps, hugepage_size=size,
         ))
     return out
+
+
+def _pool_grown(probe: ProbeResult, page_size: int, pages: int) -> ProbeResult:
+    """The host after the suggestion's steps: the pool of ``page_size`` has ``pages`` free
+    pages at least (QEMU reserves them when it maps the backend)."""
+    pools = list(probe.hugepages.pools)
+    pool = probe.hugepages.pool(page_size)
+    if pool is not None and pool.available >= pages:
+        return probe
+    grown = HugepagePool(page_size, (pool.total if pool else 0) + pages,
+                         (pool.free if pool else 0) + pages, pool.reserved if pool else 0,
+                         pool.surplus if pool else 0)
+    pools = [grown if p.page_size == page_size else p for p in pools] if pool else [
+        *pools, grown]
+    return replace(probe, hugepages=replace(probe.hugepages, pools=tuple(pools)))
 
 
 def _round_up(value: int, align: int) -> int:
@@ -258,6 +273,15 @@ def memory_suggestions(probe: ProbeResult, result: CheckResult) -> list[Suggesti
         out.append(_suggest(
             probe, result, f"give each hugepage backend whole {format_bytes(page)} pages"
             f" (RAM {format_bytes(_round_up(ram, page))}), or use smaller hugepages", fixed))
+    if K.HUGEPAGE_POOL in kinds:
+        for size in sorted({b.page_size for b in result.backings
+                            if b.page_size > probe.host.base_page_size}):
+            pages = _round_up(ram, size) // size
+            steps, _enough = _pool_steps(probe, size, ram)
+            out.append(_suggest(
+                _pool_grown(probe, size, pages), result, f"add {format_bytes(size)} hugepages"
+                f" to the pool ({pages} free pages for {format_bytes(ram)} of RAM)", request,
+                steps=steps, hugepage_size=size))
     if K.HOTPLUG in kinds and request.slots is not None:
         vm = probe.vm_type(result.vm_type) if result.vm_type else None
         limit = max_hotplug_slots(vm.caps if vm is not None and result.accel == "kvm" else None)

@@ -326,18 +326,15 @@ _CREATE_KINDS = {"sync-mmu": K.SYNC_MMU, "page-size": K.BACKEND_PAGE, "pool": K.
 
 
 def _record_created(s: _Startup, created: Created, what: str) -> None:
-    """A backend's refusal as QEMU's error.  A pool short of pages is a warning only: the
-    probe saw the pool at one moment, and pools change (kvmppc's advice says how many pages
-    to add); QEMU then stops with the message given."""
+    """A backend's refusal as QEMU's error.  A pool short of pages is judged on the pool the
+    probe saw (pools change: the advice says how many pages to add)."""
     if not created.error or not created.kind:
         return
+    detail = None
     if created.kind == "pool":
-        s.log.warn(K.HUGEPAGE_POOL, created.error, detail=(
-            f"{what}: the probe's hugepage pool has too few free pages; QEMU 7.2 maps with"
-            " reserve=on and stops with this unless pages are added before it starts"),
-            qemu=False)
-    else:
-        s.log.error(_CREATE_KINDS[created.kind], created.error)
+        detail = (f"{what}: the hugepage pool the probe saw has too few free pages; QEMU 7.2"
+                  " maps with reserve=on (MAP_NORESERVE only with reserve=off)")
+    s.log.error(_CREATE_KINDS[created.kind], created.error, detail=detail)
 
 
 def _memory_backends(s: _Startup) -> bool:
