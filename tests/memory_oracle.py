@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from qemu_oracle import Qemu, qemu72  # noqa: E402 - after the path above
+from qemu_oracle import Qemu, qemu72
 
-from kvmppc.inputs import translate_argv  # noqa: E402
-from kvmppc.model import ProbeResult  # noqa: E402
-from kvmppc.policy import check  # noqa: E402
+from kvmppc.inputs import translate_argv
+from kvmppc.model import ProbeResult
+from kvmppc.policy import check
 
 PREFIX = "qemu-system-ppc64: "
 # TCG's complaints about the Spectre capabilities: printed for every machine, nothing to do

@@ -103,7 +103,7 @@ ON_HUGETLBFS = [
     ["-m", "1G", "-mem-path", HUGETLBFS],
     ["-m", "1G", "-mem-path", HUGETLBFS, "-object", "memory-backend-ram,id=a,size=1G", "-numa",
      "node,memdev=a"],
-    ["-m", "1G", "-object", f"memory-backend-file,id=m0,size=1G,mem-path=/tmp", "-M",
+    ["-m", "1G", "-object", "memory-backend-file,id=m0,size=1G,mem-path=/tmp", "-M",
      "pseries,memory-backend=m0"],
 ]
 
