@@ -243,6 +243,17 @@ def test_maxmem_sizes_the_hpt_when_resizing_is_off() -> None:
         "Unable to create 2048MiB RMA (VRMA only allows 512MiB"]
 
 
+def test_rma_fits_node_0_rounded_down_to_a_power_of_two() -> None:
+    """hw/ppc/spapr.c spapr_rma_size: the RMA is at most node 0, and spapr_node0_size rounds
+    the node down to a power of two: 768 MiB gives a 512 MiB RMA; the HPT for 1 GiB is 2**23
+    and on 4 KiB backing kvmppc_vrma_limit gives 1 << (12 + 23 - 7) = 256 MiB."""
+    result = run_argv(P8_HV4, "-cpu", "POWER8", "-M", "pseries,cap-hpt-max-page-size=4k",
+                      "-m", "1G", "-object", "memory-backend-ram,id=a,size=768M",
+                      "-object", "memory-backend-ram,id=b,size=256M",
+                      "-numa", "node,memdev=a", "-numa", "node,memdev=b")
+    assert messages(result) == ["Unable to create 512MiB RMA (VRMA only allows 256MiB"]
+
+
 # --- the request ------------------------------------------------------------------------------
 
 
@@ -304,9 +315,10 @@ def test_powernv_profile_is_marked_derived() -> None:
 def test_powernv_smmu_has_no_no_hash_flag() -> None:
     """arch/powerpc/kvm/book3s_hv.c kvm_vm_ioctl_get_smmu_info_hv (6.1): PAGE_SIZES_REAL |
     1T_SEGMENTS, plus NO_HASH only if kvmhv_on_pseries(); the same three segments."""
-    nested, powernv = NESTED.vm_type("hv").smmu, POWERNV.vm_type("hv").smmu
-    assert (nested.flags, powernv.flags) == (0x7, 0x3)
-    assert nested.segments == powernv.segments
+    for vm_type in ("default", "hv"):
+        nested, powernv = NESTED.vm_type(vm_type).smmu, POWERNV.vm_type(vm_type).smmu
+        assert (nested.flags, powernv.flags) == (0x7, 0x3)
+        assert nested.segments == powernv.segments
 
 
 def test_hash_guests_run_on_powernv_not_nested() -> None:
