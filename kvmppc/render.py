@@ -300,6 +300,7 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
         "when": problem.when.value,
         "detail": problem.detail,
         "qemu_text": problem.qemu,
+        "more": list(problem.more),
     }
 
 
@@ -401,6 +402,7 @@ def check_json(result: CheckResult) -> dict[str, Any]:
 
 def _problem_line(problem: Problem) -> str:
     text = f"  qemu-system-ppc64: {problem.message}" if problem.qemu else f"  {problem.message}"
+    text += "".join(f"\n  qemu-system-ppc64: {line}" for line in problem.more)
     if problem.detail:
         text += f"\n      ({problem.detail})"
     return text

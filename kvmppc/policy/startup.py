@@ -274,9 +274,11 @@ def kvm_context(probe: ProbeResult, kvm_type: str | None, log: ProblemLog) -> Kv
     vm = probe.vm_type(VM_TYPE_BY_KVM_TYPE[kvm_type])
     if vm is None or not vm.available:
         # accel/kvm/kvm-all.c kvm_init; -EINVAL from KVM_CREATE_VM: that module is absent.
+        # kvm_arch_get_default_type's hint (target/ppc/kvm.c), then kvm_init's caller.
         module = "pr" if kvm_type == "PR" else "hv"
-        log.error(K.ACCEL, "ioctl(KVM_CREATE_VM) failed: 22 Invalid argument")
-        log.note(f"QEMU adds: PPC KVM module is not loaded. Try modprobe kvm_{module}.")
+        log.error(K.ACCEL, "ioctl(KVM_CREATE_VM) failed: 22 Invalid argument", more=(
+            f"PPC KVM module is not loaded. Try modprobe kvm_{module}.",
+            "-accel kvm: failed to initialize kvm: Invalid argument"))
         return None
     smmu: SmmuInfo | None = vm.smmu
     smmu_error = None
@@ -518,7 +520,8 @@ def _machine_reset(s: _Startup) -> bool:
     # cap-htm (index 0) first: spapr_caps.c cap_htm_apply.
     if machine.htm_default and cpu.isa >= Isa.V2_07:
         if kvm is None:
-            log.error(K.HTM, "No Transactional Memory support in TCG")
+            log.error(K.HTM, "No Transactional Memory support in TCG",
+                      more=("Try appending -machine cap-htm=off",))
         elif kvm.vm.caps.get("PPC_HTM") == 0:
             log.error(K.HTM, "KVM implementation does not support Transactional Memory")
         elif "PPC_HTM" not in kvm.vm.caps:

@@ -147,10 +147,76 @@ def check_host_tools() -> None:
 
 
 _APT = ("-o", "APT::Sandbox::User=root")  # downloads into the cache as root, quietly
+HOST_SUITE = "host"  # the host's own apt sources (Debian 12 here)
+# Debian 13's ppc64el packages come from a private apt state in the cache (its own sources,
+# lists and no dpkg status), so the host's apt is left alone.
+SUITE_SOURCES = {
+    "trixie": (("{mirror}", "trixie trixie-updates"),
+               ("{security}", "trixie-security")),
+}
+
+
+def _host_mirror() -> str:
+    """The host's Debian mirror (deb822 or one-line sources), as debian13-qemu-root.sh finds it."""
+    texts = [path.read_text(errors="replace")
+             for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))]
+    for text in texts:
+        found = re.search(r"^URIs:\s*(\S*/debian)/?\s*$", text, re.MULTILINE)
+        if found:
+            return found.group(1)
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        found = re.search(r"^deb\s+(\S*/debian)/?\s", legacy.read_text(), re.MULTILINE)
+        if found:
+            return found.group(1)
+    return "http://deb.debian.org/debian"
 
 
 @functools.cache
-def fetch_debs(packages: tuple[str, ...], arch: str = ARCH) -> dict[str, Path]:
+def apt_options(suite: str = HOST_SUITE) -> tuple[str, ...]:
+    """apt options for ``suite``: the host's apt, or a private ppc64el-only state for another
+    Debian release, updated once per process (offline: the lists from the last update)."""
+    if suite == HOST_SUITE:
+        return _APT
+    if suite not in SUITE_SOURCES:
+        raise HarnessError(f"unknown Debian suite {suite!r}: {sorted(SUITE_SOURCES)}")
+    state = cache_dir() / f"apt-{suite}"
+    for sub in ("etc/sources.list.d", "etc/preferences.d", "lists/partial",
+                "cache/archives/partial"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    mirror = _host_mirror()
+    # "Architectures: ppc64el" only: binary-ppc64el lists hold the arch-all packages too, and
+    # the registry here serves binary-all indexes that fail apt's size check.
+    where = {"mirror": mirror, "security": mirror.removesuffix("/debian") + "/debian-security"}
+    stanzas = [
+        f"Types: deb\nURIs: {uri.format(**where)}\nSuites: {suites}\nComponents: main\n"
+        f"Architectures: {ARCH}\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        for uri, suites in SUITE_SOURCES[suite]
+    ]
+    (state / "etc/sources.list.d" / f"{suite}.sources").write_text("\n".join(stanzas))
+    options = (*_APT, "-o", "Dir::Etc::SourceList=/dev/null",
+               "-o", f"Dir::Etc::SourceParts={state / 'etc/sources.list.d'}",
+               "-o", "Dir::Etc::Preferences=/dev/null",
+               "-o", f"Dir::Etc::PreferencesParts={state / 'etc/preferences.d'}",
+               "-o", f"Dir::State::Lists={state / 'lists'}",
+               "-o", f"Dir::Cache={state / 'cache'}",
+               "-o", "Dir::State::status=/dev/null",
+               "-o", f"APT::Architecture={ARCH}", "-o", f"APT::Architectures::={ARCH}")
+    try:
+        _run(["apt-get", *options, "-q", "update"])
+    except MissingPrerequisiteError:
+        raise
+    except HarnessError as exc:
+        if not any((state / "lists").glob("*Packages*")):
+            raise MissingPrerequisiteError(
+                f"cannot read Debian {suite}'s package lists: {exc}") from None
+        progress(f"apt-get update for {suite} failed; using the lists from the last one")
+    return options
+
+
+@functools.cache
+def fetch_debs(packages: tuple[str, ...], arch: str = ARCH,
+               suite: str = HOST_SUITE) -> dict[str, Path]:
     """The .deb of each package that apt would install now, downloaded into the cache once.
 
     Debian puts the version in the file name, so a new version is a new file. Without the
@@ -160,8 +226,9 @@ def fetch_debs(packages: tuple[str, ...], arch: str = ARCH) -> dict[str, Path]:
     debs = cache_dir() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     specs = [f"{package}:{arch}" for package in packages]
+    apt = apt_options(suite)
     try:
-        uris = _run(["apt-get", *_APT, "download", "--print-uris", *specs]).stdout
+        uris = _run(["apt-get", *apt, "download", "--print-uris", *specs]).stdout
     except MissingPrerequisiteError:
         raise
     except HarnessError as exc:
@@ -175,7 +242,7 @@ def fetch_debs(packages: tuple[str, ...], arch: str = ARCH) -> dict[str, Path]:
         if not path.exists():
             progress(f"downloading {filename}")
             with tempfile.TemporaryDirectory(dir=debs) as scratch:
-                _run(["apt-get", *_APT, "-q", "download", f"{package}:{arch}"], cwd=scratch)
+                _run(["apt-get", *apt, "-q", "download", f"{package}:{arch}"], cwd=scratch)
                 (Path(scratch) / filename).rename(path)
         found[package] = path
     return found
@@ -192,8 +259,23 @@ def _cached_deb(package: str, arch: str, why: HarnessError) -> Path:
     return cached[-1]
 
 
-def fetch_deb(package: str, arch: str = ARCH) -> Path:
-    return fetch_debs((package,), arch)[package]
+def fetch_deb(package: str, arch: str = ARCH, suite: str = HOST_SUITE) -> Path:
+    return fetch_debs((package,), arch, suite)[package]
+
+
+def fetch_first_available(packages: Sequence[str], suite: str) -> Path:
+    """The first of ``packages`` whose .deb downloads: the registry's index can name a newer
+    build than it serves (404), so the caller lists candidates newest first."""
+    failures = []
+    for package in packages:
+        try:
+            return fetch_deb(package, ARCH, suite)
+        except MissingPrerequisiteError:
+            raise
+        except HarnessError as exc:
+            failures.append(f"{package}: {str(exc).strip().splitlines()[-1]}")
+            progress(f"{package} cannot be downloaded; trying an older build")
+    raise MissingPrerequisiteError("no candidate could be downloaded:\n" + "\n".join(failures))
 
 
 def unpack_deb(deb: Path, into: Path) -> None:
@@ -230,8 +312,31 @@ class Kernel:
 
 
 def debian_kernel() -> Kernel:
-    """Debian's current ppc64el kernel; it has kvm-hv but cannot have kvm-pr."""
-    deb = fetch_deb(debian_kernel_package())
+    """Debian 12's current ppc64el kernel (64 KiB pages); it has kvm-hv but cannot have kvm-pr."""
+    return _unpacked_kernel("debian", fetch_deb(debian_kernel_package()))
+
+
+# Debian 13's ppc64el kernels: linux-image-powerpc64le has 4 KiB pages (the default since
+# Debian 13), linux-image-powerpc64le-64k 64 KiB.
+DEBIAN13_FLAVOURS = {"debian13": "powerpc64le", "debian13-64k": "powerpc64le-64k"}
+
+
+def debian13_kernel(name: str) -> Kernel:
+    """The newest Debian 13 build of the flavour that downloads (the index may name newer)."""
+    flavour = DEBIAN13_FLAVOURS[name]
+    names = _run(["apt-cache", *apt_options("trixie"), "pkgnames", "linux-image-6."]).stdout
+    pattern = re.compile(rf"linux-image-(\d+)\.(\d+)\.(\d+)\+deb13(?:\.(\d+))?-{flavour}")
+    candidates = sorted(
+        (tuple(int(part or 0) for part in match.groups()), package)
+        for package in names.split() if (match := pattern.fullmatch(package))
+    )
+    if not candidates:
+        raise MissingPrerequisiteError(f"no linux-image-*-{flavour} in Debian 13's lists")
+    deb = fetch_first_available([package for _, package in reversed(candidates)], "trixie")
+    return _unpacked_kernel(name, deb)
+
+
+def _unpacked_kernel(name: str, deb: Path) -> Kernel:
     root = cache_dir() / "kernels" / deb.stem
     if not (root / "DONE").exists():
         progress(f"unpacking {deb.name}")
@@ -242,10 +347,13 @@ def debian_kernel() -> Kernel:
     (release,) = [path.name for path in (root / "lib/modules").iterdir()]
     kvm_dir = root / "lib/modules" / release / "kernel/arch/powerpc/kvm"
     modules = {path.name.split(".ko")[0]: path for path in kvm_dir.iterdir()}
-    return Kernel("debian", release, root / "boot" / f"vmlinux-{release}", modules, deb.name)
+    return Kernel(name, release, root / "boot" / f"vmlinux-{release}", modules, deb.name)
 
 
-def pr_kernel_dir_pattern() -> str:
+PR_KERNEL_PAGES = {"pr": "64k", "pr4k": "4k"}  # kernel name -> build-pr-kernel.sh --pages
+
+
+def pr_kernel_dir_pattern(pages: str = "64k") -> str:
     """build-pr-kernel.sh's output directory for its current text, any source version.
 
     The hash leaves out comment lines, as the script does, so editing its comments does not
@@ -254,43 +362,52 @@ def pr_kernel_dir_pattern() -> str:
     lines = PR_KERNEL_SCRIPT.read_bytes().splitlines(keepends=True)
     code = b"".join(line for line in lines if not line.lstrip(b" ").startswith(b"#"))
     script_hash = hashlib.sha256(code).hexdigest()[:12]
-    return f"*-{script_hash}"
+    return f"*-{pages}-{script_hash}"
 
 
-def pr_kernel() -> Kernel:
+def pr_kernel(pages: str = "64k") -> Kernel:
     """The KVM-PR capable kernel build-pr-kernel.sh built, or MissingPrerequisiteError.
 
     With KVMPPC_BUILD_PR_KERNEL=1 in the environment, a missing kernel is built first.
     """
-    built = _built_pr_kernels()
+    built = _built_pr_kernels(pages)
+    command = [str(PR_KERNEL_SCRIPT), "--pages", pages]
     if not built and os.environ.get("KVMPPC_BUILD_PR_KERNEL") == "1":
-        progress("KVMPPC_BUILD_PR_KERNEL=1: building the KVM-PR kernel (about 7 min)")
-        if subprocess.call([str(PR_KERNEL_SCRIPT)]) != 0:
-            raise HarnessError(f"{PR_KERNEL_SCRIPT} failed; its log is in the output above")
-        built = _built_pr_kernels()
+        progress(f"KVMPPC_BUILD_PR_KERNEL=1: building the {pages} KVM-PR kernel (about 7 min"
+                 " on 2 idle cores)")
+        if subprocess.call(command) != 0:
+            raise HarnessError(f"{' '.join(command)} failed; its log is in the output above")
+        built = _built_pr_kernels(pages)
     if not built:
         raise MissingPrerequisiteError(
-            "no KVM-PR kernel built for this version of tests/powerguest/build-pr-kernel.sh"
-            f" in {cache_dir() / 'pr-kernel'}: run that script (about 7 min on 2 cores), or"
-            " set KVMPPC_BUILD_PR_KERNEL=1 for the tests to build it"
+            f"no {pages} KVM-PR kernel built for this version of"
+            f" tests/powerguest/build-pr-kernel.sh in {cache_dir() / 'pr-kernel'}: run"
+            f" '{' '.join(command)}' (about 7 min on 2 idle cores), or set"
+            " KVMPPC_BUILD_PR_KERNEL=1 for the tests to build it"
         )
     root = built[-1]
     modules = {path.stem: path for path in (root / "modules").glob("*.ko")}
     release = (root / "release").read_text().strip()
-    return Kernel("pr", release, root / "vmlinux", modules, root.name)
+    name = next(name for name, size in PR_KERNEL_PAGES.items() if size == pages)
+    return Kernel(name, release, root / "vmlinux", modules, root.name)
 
 
-def _built_pr_kernels() -> list[Path]:
-    stamps = (cache_dir() / "pr-kernel").glob(f"{pr_kernel_dir_pattern()}/DONE")
+def _built_pr_kernels(pages: str) -> list[Path]:
+    stamps = (cache_dir() / "pr-kernel").glob(f"{pr_kernel_dir_pattern(pages)}/DONE")
     return sorted((done.parent for done in stamps), key=lambda path: path.stat().st_mtime)
+
+
+KERNELS = ("debian", *DEBIAN13_FLAVOURS, *PR_KERNEL_PAGES)
 
 
 def kernel_named(name: str) -> Kernel:
     if name == "debian":
         return debian_kernel()
-    if name == "pr":
-        return pr_kernel()
-    raise HarnessError(f"unknown kernel {name!r}: 'debian' or 'pr'")
+    if name in DEBIAN13_FLAVOURS:
+        return debian13_kernel(name)
+    if name in PR_KERNEL_PAGES:
+        return pr_kernel(PR_KERNEL_PAGES[name])
+    raise HarnessError(f"unknown kernel {name!r}: one of {', '.join(KERNELS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,16 +418,19 @@ def kernel_named(name: str) -> Kernel:
 class GuestConfig:
     name: str
     kind: str  # "hv" or "pr": which KVM the guest's kernel offers, and which commands run
-    kernel: str  # "debian" or "pr"
+    kernel: str  # one of KERNELS
     cpu: str  # QEMU -cpu
     machine: str  # QEMU -M
     modules: tuple[str, ...]  # loaded in order with insmod
     memory: str = "2G"
+    pages: str = "64k"  # the kernel's base page size; 4k profiles are named <...>-4k
+    suite: str = HOST_SUITE  # the Debian release of the guest's userland (python, QEMU)
 
 
 # Nested KVM-HV needs cap-nested-hv (QEMU refuses it before POWER9); x-vof=on boots with
 # QEMU's Virtual Open Firmware instead of SLOF, about 10 s faster a boot. KVM-PR cannot load
 # on a radix guest (kvmppc_core_check_processor_compat_pr: -EIO), hence POWER8 (hash).
+# The -4k configs run 4 KiB-page kernels: Debian 13's own for HV, a --pages 4k build for PR.
 CONFIGS: dict[str, GuestConfig] = {
     config.name: config
     for config in (
@@ -319,6 +439,10 @@ CONFIGS: dict[str, GuestConfig] = {
         GuestConfig("power10-hv", "hv", "debian", "POWER10",
                     "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv")),
         GuestConfig("power8-pr", "pr", "pr", "POWER8", "pseries,x-vof=on", ("kvm", "kvm-pr")),
+        GuestConfig("power9-hv-4k", "hv", "debian13", "POWER9",
+                    "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv"), pages="4k"),
+        GuestConfig("power8-pr-4k", "pr", "pr4k", "POWER8", "pseries,x-vof=on",
+                    ("kvm", "kvm-pr"), pages="4k"),
     )
 }
 
@@ -505,6 +629,100 @@ def python_layer() -> Path:
     return _cached_image("python", inputs, build)
 
 
+# Debian's ppc64el QEMU for the KVM-mode differential harness (kvm_oracle.py): the package,
+# the libraries its binary links (found with apt-cache's dependency closure, then cut down to
+# the ELF NEEDED closure of qemu-system-ppc64) and the pseries firmware (qemu-system-data).
+QEMU_PACKAGE = "qemu-system-ppc"
+QEMU_FIRMWARE = ("slof.bin", "vof.bin")
+READELF = f"{TRIPLET}-readelf"  # binutils-powerpc64le-linux-gnu, gcc-powerpc64le-linux-gnu's
+LIBRARY_DIRS = (f"lib/{TRIPLET}", f"usr/lib/{TRIPLET}", "lib64", "lib", "usr/lib")
+
+
+def qemu_dependency_packages(suite: str) -> tuple[str, ...]:
+    """qemu-system-ppc and the ppc64el library packages it depends on, recursively."""
+    out = _run(["apt-cache", *apt_options(suite), "depends", "--recurse", "--no-recommends",
+                "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces",
+                "--no-enhances", f"{QEMU_PACKAGE}:{ARCH}"]).stdout
+    names = set()
+    for line in out.splitlines():
+        name = line.strip()
+        if suite == HOST_SUITE:  # ppc64el is foreign on the host: its packages say so
+            if not name.endswith(f":{ARCH}"):
+                continue
+            name = name.removesuffix(f":{ARCH}")
+        if re.fullmatch(r"(lib[\w.+-]+|qemu-system-ppc|qemu-system-common|zlib1g)", name):
+            names.add(name)
+    return tuple(sorted(names))
+
+
+def _elf_needed(path: Path) -> tuple[list[str], str | None]:
+    out = _run([READELF, "-dlW", str(path)]).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+    interpreter = re.search(r"Requesting program interpreter: ([^\]]+)\]", out)
+    return needed, interpreter.group(1) if interpreter else None
+
+
+def _resolve_in(root: Path, relative: str) -> Path:
+    """``relative`` under ``root``, following symlinks inside ``root`` (absolute ones too)."""
+    path = root / relative
+    for _ in range(40):
+        if not path.is_symlink():
+            return path
+        target = os.readlink(path)
+        path = root / target.lstrip("/") if target.startswith("/") else path.parent / target
+    raise HarnessError(f"symlink loop at {relative}")
+
+
+def elf_closure(root: Path, binary: str) -> list[str]:
+    """The files (relative to ``root``) that ``binary`` needs to run: its NEEDED libraries,
+    theirs, and the program interpreter."""
+    todo, seen, missing = [binary], set(), set()
+    while todo:
+        relative = todo.pop()
+        if relative in seen:
+            continue
+        seen.add(relative)
+        needed, interpreter = _elf_needed(_resolve_in(root, relative))
+        if interpreter is not None:
+            todo.append(interpreter.lstrip("/"))
+        for name in needed:
+            found = next((f"{d}/{name}" for d in LIBRARY_DIRS
+                          if os.path.lexists(root / d / name)), None)
+            if found is None:
+                missing.add(name)
+            else:
+                todo.append(found)
+    if missing:
+        raise HarnessError(f"{binary} needs {sorted(missing)}, in none of the unpacked packages")
+    return sorted(seen)
+
+
+@functools.cache
+def qemu_layer(suite: str = HOST_SUITE) -> Path:
+    """/usr/bin/qemu-system-ppc64 (ppc64el, Debian's) with its libraries and firmware."""
+    packages = qemu_dependency_packages(suite)
+    debs = {**fetch_debs(packages, ARCH, suite),
+            **fetch_debs(("qemu-system-data",), "all", suite)}
+    inputs = {f"deb:{name}": path.name for name, path in debs.items()}
+    inputs["readelf"] = "closure"
+
+    def build(root: Path, scratch: Path) -> None:
+        unpacked = scratch / "unpacked"
+        for deb in debs.values():
+            unpack_deb(deb, unpacked)
+        files = elf_closure(unpacked, "usr/bin/qemu-system-ppc64")
+        files += [f"usr/share/qemu/{name}" for name in QEMU_FIRMWARE]
+        for relative in files:
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(_resolve_in(unpacked, relative), root / relative)
+        version = _run(["dpkg-deb", "-f", str(debs[QEMU_PACKAGE]), "Version"]).stdout.strip()
+        (root / "etc").mkdir(exist_ok=True)
+        (root / "etc/kvmppc-guest-qemu").write_text(f"{QEMU_PACKAGE} {version}\n")
+        progress(f"QEMU layer: {len(files)} files from {len(debs)} packages")
+
+    return _cached_image(f"qemu-{suite}", inputs, build)
+
+
 @functools.cache
 def project_layer() -> Path:
     """/init, kvmppc (extension cross-compiled), its pure-Python dependencies, guest/."""
@@ -640,7 +858,8 @@ class GuestRun:
 
 
 def _run_overlay(cpio: CpioWriter, *, marker: str, config: GuestConfig, kernel: Kernel,
-                 commands: Sequence[GuestCommand], shell_after: bool) -> None:
+                 commands: Sequence[GuestCommand], shell_after: bool,
+                 files: dict[str, bytes]) -> None:
     cpio.directory("dev")
     # The kernel opens it for /init's stdio before /init can mount devtmpfs.
     cpio.char_device("dev/console", 5, 1)
@@ -654,6 +873,8 @@ def _run_overlay(cpio: CpioWriter, *, marker: str, config: GuestConfig, kernel: 
               "".join(f"{c.name} {c.timeout}\n" for c in commands).encode())
     for command in commands:
         cpio.file(f"etc/kvmppc-guest/commands/{command.name}.sh", command.script.encode() + b"\n")
+    for name, data in sorted(files.items()):  # directories other than etc/kvmppc-guest exist
+        cpio.file(name.lstrip("/"), data)
     cpio.directory("lib")
     cpio.directory("lib/modules")
     cpio.directory("lib/modules/kvmppc-guest")
@@ -693,11 +914,16 @@ def parse_console(text: str, marker: str) -> tuple[dict[str, GuestResult], bool]
 
 def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | None = None, *,
                  timeout: float = DEFAULT_BOOT_TIMEOUT, echo: bool = False,
-                 shell_after: bool = False) -> GuestRun:
+                 shell_after: bool = False, extra_layers: Sequence[Path] = (),
+                 files: dict[str, bytes] | None = None,
+                 memory: str | None = None) -> GuestRun:
     """Boot ``config``, run ``commands`` (its kind's battery by default), power off.
 
     QEMU is killed after ``timeout`` seconds whatever the guest is doing. With
     ``shell_after``, the console is this terminal's and a shell follows the commands.
+    ``extra_layers`` are more initramfs archives (the QEMU layer), ``files`` more files in
+    the run's own layer (path in the guest -> bytes), ``memory`` the guest's -m instead of
+    the config's.
     """
     if isinstance(config, str):
         config = CONFIGS[config]
@@ -714,20 +940,20 @@ def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | N
         overlay = Path(scratch) / "run.cpio.gz"
         write_cpio_gz(overlay, lambda cpio: _run_overlay(
             cpio, marker=marker, config=config, kernel=kernel, commands=commands,
-            shell_after=shell_after))
+            shell_after=shell_after, files=files or {}))
         # The kernel unpacks concatenated archives one after another (Documentation/
         # driver-api/early-userspace/buffer-format.rst), so the cached layers are reused as
         # they are.
         initrd = Path(scratch) / "initrd.cpio.gz"
         with open(initrd, "wb") as out:
-            for part in (*layers, overlay):
+            for part in (*layers, *extra_layers, overlay):
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out)
         # -nodefaults: no default VGA (whose ROM, vgabios-stdvga.bin, comes from seabios,
         # which a test host need not have; spapr_vga_init() in hw/ppc/spapr.c adds none for
         # VGA_NONE, and with no graphics no USB keyboard either), no default NIC. The console
         # is the machine's own spapr-vty on serial 0 (hvc0), on this process's stdio.
-        argv = [QEMU, "-M", config.machine, "-cpu", config.cpu, "-m", config.memory,
+        argv = [QEMU, "-M", config.machine, "-cpu", config.cpu, "-m", memory or config.memory,
                 "-smp", "1", "-nodefaults", "-display", "none", "-serial", "mon:stdio",
                 "-no-reboot",
                 "-kernel", str(kernel.vmlinux), "-initrd", str(initrd),
@@ -802,9 +1028,11 @@ def _boot(argv: list[str], log: Path, timeout: float, echo: bool,
 
 
 def profile_name(config: GuestConfig, probe: dict[str, Any]) -> str:
-    """<cpu>-<mmu>-<kind>, e.g. power9-radix-hv: the CPU model, MMU mode and VM type."""
+    """<cpu>-<mmu>-<kind>, e.g. power9-radix-hv: the CPU model, MMU mode and VM type; a
+    4 KiB-page kernel's ends in -4k (power9-radix-hv-4k)."""
     mmu = probe["host"]["mmu"] or "unknown"
-    return f"{config.cpu.lower()}-{mmu.lower()}-{config.kind}"
+    suffix = "" if config.pages == "64k" else f"-{config.pages}"
+    return f"{config.cpu.lower()}-{mmu.lower()}-{config.kind}{suffix}"
 
 
 def capture_profiles(configs: Iterable[str] | None = None) -> list[Path]:
