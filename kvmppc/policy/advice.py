@@ -188,13 +188,15 @@ def _hugepage_suggestions(probe: ProbeResult, result: CheckResult,
         backings: tuple[Backing, ...] | None = None
         if mounts:
             path = mounts[0].path
+        elif result.request.backends:
+            path = f"memfd hugetlb=on,hugetlbsize={format_size(size)}: no mount needed"
         else:
             path = f"/dev/hugepages-{format_size(size)}"
             steps = (f"mkdir -p {path}; mount -t hugetlbfs -o pagesize={format_size(size)}"
                      f" none {path}", *steps)
             backings = (Backing(path, size, "hugepage-pool", path),)
         change = f"back guest RAM with {format_bytes(size)} hugepages ({path})"
-        request = _on_hugetlbfs(result.request, ram, path, size)
+        request = _on_hugetlbfs(result.request, ram, path if mounts else None, size)
         if request.memory != result.request.memory and not result.request.backends:
             # softmmu/physmem.c file_ram_alloc: a backend holds whole hugepages.
             change += f" and -m {request.memory} (RAM of at least one hugepage)"
@@ -224,15 +226,21 @@ def _round_up(value: int, align: int) -> int:
     return -(-value // align) * align
 
 
-def _on_hugetlbfs(request: CheckRequest, ram: int, path: str, size: int) -> CheckRequest:
-    """The guest with its RAM on hugetlbfs at ``path``: ``-mem-path`` (RAM rounded up to the
-    page size when smaller), or each mapped backend a file there of whole pages."""
+def _on_hugetlbfs(request: CheckRequest, ram: int, path: str | None,
+                  size: int) -> CheckRequest:
+    """The guest with its RAM in hugepages: ``-mem-path`` (RAM rounded up to the page size
+    when smaller), or each mapped backend of whole pages, a file on the mount at ``path``, or
+    without a mount a memfd with ``hugetlb=on`` (util/memfd.c: no mount needed)."""
     if not request.backends:
         memory = request.memory if ram >= size else format_size(size)
-        return replace(request, mem_paths=(path,), memory=memory)
+        return replace(request, mem_paths=(path or f"/dev/hugepages-{format_size(size)}",),
+                       memory=memory)
     backends = tuple(
-        replace(b, qom_type="memory-backend-file", mem_path=path, hugetlb=False,
-                hugetlbsize=None, size=format_size(_round_up(b.size_bytes, size)))
+        (replace(b, qom_type="memory-backend-file", mem_path=path, hugetlb=False,
+                 hugetlbsize=None, size=format_size(_round_up(b.size_bytes, size)))
+         if path is not None else
+         replace(b, qom_type="memory-backend-memfd", mem_path=None, hugetlb=True,
+                 hugetlbsize=format_size(size), size=format_size(_round_up(b.size_bytes, size))))
         if b.use != "none" else b for b in request.backends)
     return _with_backends(request, backends)
 

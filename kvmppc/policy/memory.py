@@ -334,8 +334,8 @@ def create_backend(probe: ProbeResult, backend: MemoryBackend, size: int, *, kvm
         return Created(backing)
     assert backend.mem_path is not None
     backing = (resolve or (lambda p: resolve_backing(probe, p)))(backend.mem_path)
-    if backing.error:
-        return Created(backing, backing.error, "statfs")
+    # A path statfs cannot read keeps its error on the backing: the replay reports it where
+    # it always has, with the backing check.
     if not kvm_sync_mmu:
         return Created(backing, MSG_SYNC_MMU, "sync-mmu")
     size = _round_up(size, base)  # HOST_PAGE_ALIGN

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvmppc.model import ProbeResult, SmmuInfo, SmmuSource, VmTypeInfo
-from kvmppc.policy.backing import Backing, backings_for
+from kvmppc.policy.backing import Backing, backings_for, resolve_backing
 from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE, parse_max_page_size, parse_memory
 from kvmppc.policy.cmdline import parse_warnings as cap_parse_warnings
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT, MSG_BELOW_4K, MSG_BELOW_64K, PageSizes
@@ -319,8 +319,16 @@ def _sync_mmu(s: _Startup) -> bool:
 
 def _create(s: _Startup, backend: MemoryBackend, size: int) -> Created:
     assert s.ledger is not None
+
+    def resolve(path: str) -> Backing:
+        # A mem-path whose backing the caller gave (statfs'd live, or a what-if) is that.
+        given = next((b for b in s.backings if b.mem_path == path), None)
+        if given is not None:
+            return given
+        return s.resolve(path) if s.resolve is not None else resolve_backing(s.probe, path)
+
     return create_backend(s.probe, backend, size, kvm_sync_mmu=_sync_mmu(s), ledger=s.ledger,
-                          resolve=s.resolve)
+                          resolve=resolve)
 
 
 _CREATE_KINDS = {"sync-mmu": K.SYNC_MMU, "page-size": K.BACKEND_PAGE, "pool": K.HUGEPAGE_POOL,
