@@ -13,6 +13,7 @@ from typing import Any
 
 from kvmppc import __version__
 from kvmppc.model import VM_TYPES, ProbeResult, VmTypeInfo, smmu_flag_names
+from kvmppc.policy.backing import Backing
 from kvmppc.policy.guest_pages import PageSizes
 from kvmppc.policy.problems import Problem
 from kvmppc.policy.request import CheckRequest
@@ -74,6 +75,12 @@ def _vm_type_lines(vm: VmTypeInfo) -> list[str]:
     if caps:
         lines.append(f"    caps: {caps}")
     return lines
+
+
+def _ram_kind(backing: Backing) -> str:
+    """RAM without a mem-path: anonymous, or a memory backend's own kind (memfd, hugepages)."""
+    return backing.source if backing.source.startswith(("memfd", "anonymous")) else (
+        "anonymous RAM")
 
 
 def derived_text(probe: ProbeResult) -> str:
@@ -430,7 +437,7 @@ def render_check(result: CheckResult) -> str:
             f" ({result.max_page_size_source})"
         )
     backing = ", ".join(
-        f"{format_bytes(b.page_size)} ({b.mem_path or 'anonymous RAM'}"
+        f"{format_bytes(b.page_size)} ({b.mem_path or _ram_kind(b)}"
         + (f" on hugetlbfs {b.mount}" if b.mount else "") + ")"
         for b in result.backings
     )

@@ -110,6 +110,10 @@ class CheckRequest:
         validate_layout(self.backends)
         if self.backends and len(self.mem_paths) > 1:
             raise UsageError("with backends, mem_path is -mem-path: give it at most once")
+        if self.mem_paths and any(b.use == "ram" for b in self.backends):
+            # softmmu/vl.c qemu_apply_legacy_machine_options, QEMU's words (sic).
+            raise UsageError("'-mem-path' can't be used together with'-machine"
+                             " memory-backend'")
         if self.slots is not None:
             parse_slots(self.slots)
 
