@@ -309,7 +309,10 @@ class ProbeResult:
     provenance: Provenance | None = None
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(jsonable(self), indent=indent, sort_keys=False)
+        data = jsonable(self)
+        if data["provenance"] is None:
+            del data["provenance"]  # a live probe (or a captured profile) as before the field
+        return json.dumps(data, indent=indent, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ProbeResult":

@@ -37,7 +37,12 @@ from dataclasses import dataclass, field
 
 from kvmppc.model import ProbeResult, SmmuInfo, SmmuSource, VmTypeInfo
 from kvmppc.policy.backing import Backing, backings_for, resolve_backing
-from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE, parse_max_page_size, parse_memory
+from kvmppc.policy.cmdline import (
+    DEFAULT_RAM_SIZE,
+    SIZE_HINT,
+    parse_max_page_size,
+    parse_memory,
+)
 from kvmppc.policy.cmdline import parse_warnings as cap_parse_warnings
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT, MSG_BELOW_4K, MSG_BELOW_64K, PageSizes
 from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
@@ -232,7 +237,8 @@ def _memory_options(s: _Startup) -> None:
         maxmem = qemu_strtosz(request.maxmem, s.qemu.table.strtosz).value
         if maxmem is None:
             log.error(K.MEMORY, f"-m {request.memory or '512M'},maxmem={request.maxmem}:"
-                      " Parameter 'maxmem' expects a non-negative number below 2^64")
+                      " Parameter 'maxmem' expects a non-negative number below 2^64",
+                      more=SIZE_HINT)
             return
         s.maxmem = maxmem
     if request.slots is not None:
