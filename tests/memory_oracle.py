@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from qemu_oracle import Qemu, qemu72
+from qemu_oracle import Qemu, qemu10, qemu72
 
 from kvmppc.inputs import translate_argv
 from kvmppc.model import ProbeResult
@@ -58,21 +58,21 @@ def kvmppc_outcome(probe: ProbeResult, args: Sequence[str], release: str) -> Out
     return Outcome(result.ok, tuple(result.qemu_output))
 
 
-def main(cases_file: str) -> None:
-    """Inside the namespace: both outcomes for each case, on QEMU 7.2, as JSON on stdout."""
+def main(cases_file: str, release: str) -> None:
+    """Inside the namespace: both outcomes for each case, on one QEMU release, as JSON."""
     from kvmppc.probe import probe as live_probe  # noqa: PLC0415 - the live host, here
 
-    qemu = qemu72()
+    qemu = qemu72() if release == "7.2" else qemu10()
     assert isinstance(qemu, Qemu), qemu
     probe = live_probe()
     cases = json.loads(Path(cases_file).read_text())
     out = []
     for args in cases:
-        ours, theirs = kvmppc_outcome(probe, args, "7.2"), qemu_outcome(qemu, args)
+        ours, theirs = kvmppc_outcome(probe, args, release), qemu_outcome(qemu, args)
         out.append({"args": args, "kvmppc": [ours.starts, list(ours.lines)],
                     "qemu": [theirs.starts, list(theirs.lines)]})
     json.dump(out, sys.stdout)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

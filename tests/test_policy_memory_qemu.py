@@ -125,8 +125,10 @@ def test_guest_ram_like_qemu(args: list[str], release: str, probe) -> None:  # t
     assert kvmppc_outcome(probe, args, release) == qemu_outcome(qemu, args)
 
 
-def _in_namespace_with_hugetlbfs(cases: list[list[str]]) -> list[dict[str, object]]:
-    """Run tests/memory_oracle.py in a private mount namespace with hugetlbfs mounted."""
+def _in_namespace_with_hugetlbfs(cases: list[list[str]], release: str,
+                                 root: Path | None) -> list[dict[str, object]]:
+    """Run tests/memory_oracle.py in a private mount namespace with hugetlbfs mounted (at the
+    same path inside QEMU 10.0's root too, where that QEMU runs)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         reason = "mounting hugetlbfs needs root and unshare (util-linux)"
         if os.environ.get("CI") == "true":
@@ -141,11 +143,14 @@ def _in_namespace_with_hugetlbfs(cases: list[list[str]]) -> list[dict[str, objec
         json.dump(cases, handle)
     try:
         script = (f'set -e; mount --make-rprivate /; mkdir -p {HUGETLBFS};'
-                  f' mount -t hugetlbfs -o pagesize=2M none {HUGETLBFS};'
-                  ' exec "$0" "$@"')
+                  f' mount -t hugetlbfs -o pagesize=2M none {HUGETLBFS};')
+        if root is not None:
+            script += (f' mkdir -p {root}{HUGETLBFS};'
+                       f' mount -t hugetlbfs -o pagesize=2M none {root}{HUGETLBFS};')
+        script += ' exec "$0" "$@"'
         run = subprocess.run(
             ["unshare", "--mount", "--fork", "sh", "-c", script, sys.executable,
-             str(TESTS / "memory_oracle.py"), handle.name],
+             str(TESTS / "memory_oracle.py"), handle.name, release],
             capture_output=True, text=True, timeout=600, check=False)
     finally:
         os.unlink(handle.name)
@@ -159,12 +164,13 @@ def _in_namespace_with_hugetlbfs(cases: list[list[str]]) -> list[dict[str, objec
     return result
 
 
-def test_hugetlbfs_backends_like_qemu_72() -> None:
+@pytest.mark.parametrize("release", ["7.2", "10.0"])
+def test_hugetlbfs_backends_like_qemu(release: str) -> None:
     """Backends on a 2 MiB hugetlbfs mount: "memory size 0x100000 must be equal to or larger
     than page size 0x200000" (softmmu/physmem.c file_ram_alloc), ENOMEM from the empty pool,
     and where in start-up each comes (late backends before -cpu, -mem-path after it)."""
-    need(qemu72())
-    results = _in_namespace_with_hugetlbfs(ON_HUGETLBFS)
+    qemu = need(qemu72() if release == "7.2" else qemu10())
+    results = _in_namespace_with_hugetlbfs(ON_HUGETLBFS, release, qemu.root)
     assert [r["args"] for r in results] == ON_HUGETLBFS
     for entry in results:
         assert entry["kvmppc"] == entry["qemu"], entry["args"]
