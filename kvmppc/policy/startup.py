@@ -8,11 +8,16 @@ types, CPU models, the size syntax, messages.  The release answered for is the r
 Every decision QEMU makes about ``cap-hpt-max-page-size`` is replayed as a pure function of
 a probe (:class:`kvmppc.model.ProbeResult`) and a request:
 
-1. the command line: ``-m``, the machine type, the cap's value (:func:`_command_line`);
-2. the accelerator: KVM's VM type (accel/kvm/kvm-all.c, :func:`_accelerator`), then the
-   ``-cpu`` model (:func:`_cpu_model`);
-3. machine init (hw/ppc/spapr.c ``spapr_machine_init``): the pseries-2.12-and-older default,
-   the RMA for SLOF, RAM alignment (:func:`_machine_init`);
+1. the command line: ``-m``, the machine type, ``-m``'s slots and maxmem
+   (:func:`_memory_options`), the cap's value (:func:`_command_line`);
+2. the accelerator: KVM's VM type (accel/kvm/kvm-all.c, :func:`_accelerator`), the machine's
+   deprecation warning (:func:`_machine_deprecation`), every ``-object memory-backend-*``
+   created (``qemu_create_late_backends``, :func:`_memory_backends`), then the ``-cpu`` model
+   (:func:`_cpu_model`);
+3. board and machine init: guest RAM (hw/core/machine.c ``machine_run_board_init``:
+   ``-mem-path``'s backend, the NUMA total, :func:`_board_memory`), then hw/ppc/spapr.c
+   ``spapr_machine_init``: the pseries-2.12-and-older default, the RMA for SLOF (in NUMA node
+   0), the alignment of RAM, maxmem and nodes, the hotplug slots (:func:`_machine_init`);
 4. machine reset: the capabilities in table order (``spapr_caps_apply``: cap-htm, then
    cap-hpt-max-page-size with its backing check), the HPT and its VRMA (``spapr_setup_hpt``)
    (:func:`_machine_reset`), then each CPU's reset: the page-size filter and
