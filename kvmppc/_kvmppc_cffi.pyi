@@ -39,6 +39,7 @@ class _Lib:
     KVM_CAP_PPC_MMU_RADIX: int
     KVM_CAP_PPC_MMU_HASH_V3: int
     KVM_CAP_PPC_FWNMI: int
+    KVM_CAP_PPC_SMT: int
     KVM_CAP_PPC_SMT_POSSIBLE: int
     KVM_CAP_PPC_GET_CPU_CHAR: int
     KVM_CAP_PPC_NESTED_HV: int

@@ -80,28 +80,29 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
         probe = load_probe(args.host_profile)
         live = not args.host_profile
         backings = None
-        if args.domain is not None:
-            from kvmppc.qemu_versions import choose  # noqa: PLC0415 - see kvmppc/cli.py
+        from kvmppc.qemu_versions import choose  # noqa: PLC0415 - see kvmppc/cli.py
 
-            # libvirt writes the machine the release's "pseries" alias stands for
-            try:
-                release = choose(getattr(args, "qemu_version", None), probe.host.qemu_version)
-            except ValueError as exc:
-                raise UsageError(f"--qemu-version: {exc}") from None
+        # the release answered for reads the line (its options) and, for a domain, libvirt
+        # writes the machine its "pseries" alias stands for
+        try:
+            release = choose(getattr(args, "qemu_version", None), probe.host.qemu_version)
+        except ValueError as exc:
+            raise UsageError(f"--qemu-version: {exc}") from None
+        if args.domain is not None:
             translation = translate_domain(_read(args.domain), host_memory_from_probe(probe),
-                                           pseries=release.table.default_machine)
+                                           qemu_version=release.version)
         else:
             argv = args.qemu_argv
             if argv == ["-"]:
                 argv = split_command_line(sys.stdin.read())
-            translation = translate_argv(argv)
+            translation = translate_argv(argv, release.version)
             request = translation.request
             if live and request is not None and request.mem_paths:
                 # As 'kvmppc check --mem-path' does: statfs each path, as QEMU will.
                 backings = [live_backing(probe, path) for path in request.mem_paths]
         if getattr(args, "qemu_version", None) and translation.request is not None:
-            # --qemu-version applies to a command line or domain too (its syntax is read as
-            # QEMU 7.2 reads it; the answer is the release asked for)
+            # --qemu-version applies to a command line or domain too (read with that
+            # release's options; the answer is the release asked for)
             import dataclasses  # noqa: PLC0415 - see kvmppc/cli.py's docstring
 
             translation = dataclasses.replace(translation, request=dataclasses.replace(
@@ -155,8 +156,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      " --qemu-cmdline-file is given (default %(default)s)")
     aud.add_argument("--what-if", metavar="KEY=VALUE", action="append", default=[],
                      help="a hypothetical host: base-page-size=4K, host-profile=NAME,"
-                     " hugepages=SIZE:COUNT (a pool of COUNT pages of SIZE, mounted);"
-                     " repeatable, all apply to one what-if host")
+                     " hugepages=SIZE:COUNT (a pool of COUNT pages of SIZE, mounted),"
+                     " qemu-version=10.0 (the host runs that QEMU), or debian13 (the host"
+                     " upgraded to Debian 13: qemu-version=10.0 and base-page-size=4K, the"
+                     " default linux-image-powerpc64le; qemu-version=10.0 alone for the -64k"
+                     " kernel); repeatable, all apply to one what-if host, which answers say"
+                     " what changed from this host's")
+    aud.add_argument("--qemu-version", metavar="VERSION",
+                     help="the QEMU release this host runs (7.2 or 10.0; default: the"
+                     " installed one the probe found, else the newest modelled)")
     aud.add_argument("--host-profile", metavar="NAME|FILE",
                      help="a saved probe or shipped profile instead of probing this host")
     aud.add_argument("--json", action="store_true", help="print JSON")

@@ -101,6 +101,7 @@ class Cap(enum.IntEnum):
 
     SYNC_MMU = 16
     PPC_GET_PVINFO = 57
+    PPC_SMT = 64  # the VM's SMT mode: QEMU's kvmppc_smt_threads (hw/ppc/spapr.c VSMT)
     PPC_GET_SMMU_INFO = 78
     PPC_ALLOC_HTAB = 80
     PPC_HTAB_FD = 84

@@ -36,6 +36,7 @@ from kvmppc.errors import KvmppcError, UsageError
 from kvmppc.inputs.answer import Answer, judge
 from kvmppc.inputs.domain_xml import host_memory_from_probe, translate_domain
 from kvmppc.model import ProbeResult
+from kvmppc.qemu_versions import choose
 
 DAEMON_TIMEOUT_S = 10.0  # libvirt waits for the hook; a hung daemon must not hang starts
 
@@ -69,7 +70,8 @@ def _ask_daemon(config: HookConfig, xml: bytes) -> Answer:
             raise KvmppcError(f"the daemon answered GET /v1/host with {status}")
         probe = ProbeResult.from_dict(body["probe"])  # {"probe": ..., "cache": ...}
         translation = translate_domain(xml, host_memory_from_probe(probe),
-                                       assume_kvm=config.hook_assume_kvm)
+                                       assume_kvm=config.hook_assume_kvm,
+                                       qemu_version=_release(probe))
         request = translation.request
         if request is None:
             return Answer(translation, None)
@@ -109,8 +111,14 @@ def _check_directly(config: HookConfig, xml: bytes,
                     load: Callable[[str | None], ProbeResult]) -> Answer:
     probe = load(config.host_profile or None)
     translation = translate_domain(xml, host_memory_from_probe(probe),
-                                   assume_kvm=config.hook_assume_kvm)
+                                   assume_kvm=config.hook_assume_kvm,
+                                   qemu_version=_release(probe))
     return judge(translation, probe)
+
+
+def _release(probe: ProbeResult) -> str:
+    """libvirt asks the installed QEMU what ``pseries`` is: the release answered for."""
+    return choose(None, probe.host.qemu_version).version
 
 
 def refusal_message(guest: str, answer: Answer, where: str) -> str:

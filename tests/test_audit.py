@@ -71,7 +71,8 @@ def test_what_if_4k_pages(guests: Path) -> None:
     assert there["web"]["first_error"] == MSG_4K
     assert there["db"]["first_error"] == MSG_16M_2M
     assert "cap-hpt-max-page-size to 4K" in str(there["web"]["change"])
-    assert body["hosts"][1]["host"] == "what-if base-page-size=4K, hugepages=2M:2048"
+    assert body["hosts"][1]["host"] == ("what-if base-page-size=4K, hugepages=2M:2048 (QEMU"
+                                        " 10.0)")  # the profile names no QEMU: the newest
 
 
 def test_table_and_other_inputs(guests: Path, tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_table_and_other_inputs(guests: Path, tmp_path: Path) -> None:
                 "--qemu-cmdline-file", str(cmdline))
     assert run.returncode == 1
     lines = run.stdout.splitlines()
-    assert lines[0] == "this host (profile:power9-radix-hv):"
+    assert lines[0] == "this host (profile:power9-radix-hv, QEMU 10.0):"
     assert lines[1].split() == ["guest", "would", "start", "QEMU's", "first", "error", "what",
                                 "to", "change"]
     assert lines[2].split() == ["web.xml", "yes"]
@@ -110,12 +111,62 @@ def test_what_if_host_profile(guests: Path) -> None:
     run = audit("--host-profile", "power9-radix-hv", "--domain", str(guests / "small.xml"),
                 "--what-if", "host-profile=power8-hash-pr", "--json")
     body = json.loads(run.stdout)
-    assert body["hosts"][1]["host"] == "what-if host-profile=power8-hash-pr"
+    assert body["hosts"][1]["host"] == "what-if host-profile=power8-hash-pr (QEMU 10.0)"
     assert rows(body, 1)["small"]["detail"]["check"]["kvm"]["implementation"] == "PR"
+
+
+def test_what_if_debian13(tmp_path: Path) -> None:
+    """A Debian 12 host (QEMU 7.2, 64 KiB pages) upgraded to Debian 13 (QEMU 10.0, the
+    default 4 KiB-page kernel): the issue's words for what QEMU 10.0 says."""
+    write_domain(tmp_path, "web", "")
+    write_domain(tmp_path, "old", "").write_text(
+        (tmp_path / "old.xml").read_text().replace("machine='pseries'", "machine='pseries-2.12'"))
+    write_domain(tmp_path, "small", "<features><hpt><maxpagesize unit='KiB'>4</maxpagesize>"
+                 "</hpt></features>")
+    run = audit("--host-profile", "power9-radix-hv", "--qemu-version", "7.2", "--libvirt-dir",
+                str(tmp_path), "--what-if", "debian13", "--json")
+    assert run.returncode == 1, run.stderr
+    body = json.loads(run.stdout)
+    assert [h["host"] for h in body["hosts"]] == [
+        "this host (profile:power9-radix-hv, QEMU 7.2)",
+        "what-if debian13 (= qemu-version=10.0 + base-page-size=4K) (QEMU 10.0)"]
+    assert [h["qemu_version"] for h in body["hosts"]] == ["7.2", "10.0"]
+    here, there = rows(body, 0), rows(body, 1)
+    assert {k: v["would_start"] for k, v in here.items()} == {
+        "web": "yes", "old": "yes", "small": "yes"}
+    assert {k: v["would_start"] for k, v in there.items()} == {
+        "web": "no", "old": "no", "small": "yes"}
+    assert there["web"]["first_error"] == MSG_4K
+    assert there["web"]["changed_from_this_host"] == [
+        "'pseries' is pseries-10.0 in QEMU 10.0 (pseries-7.2 before)",
+        "RAM backing pages 64K -> 4K"]
+    assert there["old"]["first_error"] == 'unsupported machine type: "pseries-2.12"'
+    assert "machine type pseries-2.12 is gone in QEMU 10.0" in there["old"][
+        "changed_from_this_host"]
+    assert there["small"]["detail"]["check"]["machine"] == "pseries-10.0"
+    # the same answers as 'check --qemu-version 10.0' on a 4 KiB host: the same policy
+    assert there["web"]["detail"]["check"]["request"]["qemu_version"] == "10.0"
+
+
+def test_what_if_qemu_version_text(tmp_path: Path) -> None:
+    write_domain(tmp_path, "dep", "").write_text(
+        (tmp_path / "dep.xml").read_text().replace("machine='pseries'", "machine='pseries-5.2'"))
+    run = audit("--host-profile", "power9-radix-hv", "--qemu-version", "7.2", "--libvirt-dir",
+                str(tmp_path), "--what-if", "qemu-version=10.0")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[4] == "what-if qemu-version=10.0 (QEMU 10.0):"
+    assert lines[5].endswith("what to change  changed from this host")
+    assert lines[6].startswith("dep.xml") and lines[6].endswith(
+        "new warning: Machine type 'pseries-5.2' is deprecated: machines more than 3 years old"
+        " are subject to deletion after 6 years")
 
 
 @pytest.mark.parametrize(("what_if", "words"), [
     ("page-size=4K", "give one of base-page-size"),
+    ("qemu-version=8.2", "QEMU 8.2 is not modelled (modelled: 7.2, 10.0)"),
+    ("qemu-version=ten", "not a QEMU version"),
+    ("debian12", "give one of base-page-size"),
     ("base-page-size=8K", "4K or 64K"),
     ("base-page-size=lots", "'lots' is not a size"),
     ("hugepages=2M", "hugepages=SIZE:COUNT"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -175,6 +176,26 @@ def test_prometheus_reads_the_power9_profile(prometheus: _Prometheus) -> None:
     assert value(largest.format("hv", "/mnt/huge1g")) == 1 << 30
     assert value('kvmppc_hugetlbfs_mount_page_size_bytes{host="power9",path="/mnt/huge1g"}'
                  ) == 1 << 30
+
+
+def test_prometheus_reads_the_qemu_release(prometheus: _Prometheus) -> None:
+    """kvmppc_qemu_info: this host's qemu-system-ppc64 (as its --version says) and the release
+    answered for; the POWER9 profile records no QEMU (Prometheus drops the empty label), so
+    its answers are the newest modelled release's."""
+    binary = shutil.which("qemu-system-ppc64")
+    if binary is None:
+        pytest.skip("qemu-system-ppc64 is not installed (Debian package qemu-system-ppc)")
+    line = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.splitlines()[0]
+    found = re.search(r"QEMU emulator version (\d+)\.(\d+)\.(\d+)", line)
+    assert found is not None, line
+    result = prometheus.api("query", query="kvmppc_qemu_info")["result"]
+    labels = {r["metric"]["host"]: r["metric"] for r in result}
+    assert {k: v for k, v in labels["live"].items() if k in ("installed", "modelled")} == {
+        "installed": ".".join(found.groups()), "modelled": f"{found[1]}.{found[2]}"}
+    assert "installed" not in labels["power9"]
+    assert labels["power9"]["modelled"] == "10.0"
+    assert all(float(r["value"][1]) == 1 for r in result) and len(result) == 2
 
 
 def test_prometheus_loads_the_alerting_rules(prometheus: _Prometheus) -> None:

@@ -47,7 +47,7 @@ def test_kvmppc_answers_as_qemu_under_kvm(config: str, case: Case,
     if isinstance(outcome, harness.HarnessError):
         skip_or_fail(config, outcome)
         raise AssertionError("unreachable")
-    found = kvm_oracle.disagreements(case, outcome.qemu[case.id], outcome.kvmppc[case.id])
+    found = outcome.disagreements(case)
     assert not found, (
         f"{config} (kernel {outcome.kernel_release}): {case.command_line}\n"
         f"QEMU exit {outcome.qemu[case.id]['rc']}:\n  "

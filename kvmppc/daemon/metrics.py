@@ -23,6 +23,7 @@ from kvmppc.daemon.cache import ProbeCache
 from kvmppc.daemon.http import Request
 from kvmppc.model import ProbeResult
 from kvmppc.policy import CheckRequest, check
+from kvmppc.qemu_versions import choose
 
 ENDPOINTS = ("host", "check", "refresh", "health", "metrics")
 _ENDPOINT_OF_PATH = {
@@ -146,6 +147,13 @@ class KvmppcCollector:
               labels=["version", "python_version", "python_implementation"]),
             g("kvmppc_host_info", "The probed host; the value is 1",
               labels=["arch", "kernel_release", "cpu_model", "platform", "mmu", "source"]),
+            # The QEMU release the answers are for, once per host rather than a label on each
+            # answer family: 7.2 and 10.0 give the same caps wherever both start the guest
+            # (the differential tests), so a label there would only multiply series.
+            g("kvmppc_qemu_info", "The qemu-system-ppc64 the probe found (installed, empty"
+              " when none) and the QEMU release the answers model (modelled: the installed"
+              " one, the nearest modelled to it, or the newest); the value is 1" + probed,
+              labels=["installed", "modelled"]),
             g("kvmppc_probe_success", "Whether the last probe succeeded (device opened, host"
               " read)"),
             g("kvmppc_probe_stale", "1 when the last probe failed and an older answer is served"),
@@ -234,6 +242,8 @@ class KvmppcCollector:
         gauge("kvmppc_host_info", 1, [host.arch, host.kernel_release or "",
                                       host.cpu_model or "", host.platform or "",
                                       host.mmu or "", result.source])
+        installed = host.qemu_version
+        gauge("kvmppc_qemu_info", 1, [installed or "", choose(None, installed).version])
         last = cache.last
         gauge("kvmppc_probe_success", float(last is not None and last.failure is None))
         gauge("kvmppc_probe_stale", float(cache.stale))

@@ -309,10 +309,13 @@ def _build_input_check(answer: ProbeResult, content_type: str, body: bytes, text
     """A QEMU command line's or a libvirt domain's answer (kvmppc.inputs), in the worker."""
     from kvmppc.inputs.answer import judge, request_from_body  # noqa: PLC0415 - POST only
     from kvmppc.inputs.domain_xml import host_memory_from_probe  # noqa: PLC0415 - same
+    from kvmppc.qemu_versions import choose  # noqa: PLC0415 - same
 
+    # read as the QEMU the answer is for reads it (the installed one, else the newest)
+    release = choose(None, answer.host.qemu_version).version
     try:
-        verdict = judge(request_from_body(content_type, body, host_memory_from_probe(answer)),
-                        answer)
+        verdict = judge(request_from_body(content_type, body, host_memory_from_probe(answer),
+                                          release), answer)
     except UsageError as exc:
         return error_response(400, str(exc))
     headers = (("Kvmppc-Answer", verdict.verdict),)

@@ -95,11 +95,13 @@ def judge(translation: Translation, probe: ProbeResult,
     return Answer(translation, check(probe, translation.request, backings, resolve=resolve))
 
 
-def request_from_body(content_type: str, body: bytes, host: HostMemory) -> Translation:
+def request_from_body(content_type: str, body: bytes, host: HostMemory,
+                      qemu_version: str | None = None) -> Translation:
     """``POST /v1/check``: ``application/json`` ``{"argv": [...]}`` or ``application/xml``
     (a libvirt domain).  Raises :class:`UsageError` (answer 400) with what is wrong; a
     translation with ``request`` None is the cannot-judge answer (the daemon answers it with
-    ``{"answer": "cannot judge", ...}``)."""
+    ``{"answer": "cannot judge", ...}``).  ``qemu_version``: the release whose options (and
+    ``pseries`` alias, for a domain) read the body; None: 7.2's."""
     if len(body) > MAX_BODY_BYTES:
         raise UsageError(f"request body of {len(body)} bytes: more than {MAX_BODY_BYTES}")
     media = content_type.split(";", 1)[0].strip().lower()
@@ -113,9 +115,9 @@ def request_from_body(content_type: str, body: bytes, host: HostMemory) -> Trans
         argv = data["argv"]
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             raise UsageError('"argv" must be a list of strings, the program first')
-        return translate_argv(argv)
+        return translate_argv(argv, qemu_version)
     if media in ("application/xml", "text/xml"):
-        return translate_domain(body, host)
+        return translate_domain(body, host, qemu_version=qemu_version)
     raise UsageError(
         f"Content-Type {content_type!r}: send application/json ({{\"argv\": [...]}}) or"
         " application/xml (a libvirt domain)"

@@ -17,7 +17,8 @@ libvirt 9.0 and QEMU 7.2 (tests/test_inputs_libvirt.py):
 * ``<cpu mode='host-passthrough'>`` is ``-cpu host``; ``host-model`` with a ``<model>`` is
   ``-cpu host`` and ``max-cpu-compat=MODEL`` (qemu_command.c, ppc64 only); a custom
   ``<model>`` is ``-cpu MODEL``; no ``<cpu>`` under TCG is the machine's default model as
-  libvirt names it (POWER9 from pseries-4.0 on, POWER8 before), under KVM no ``-cpu``;
+  libvirt names it (the release's table: POWER9 from pseries-4.0 on, POWER8 before in 7.2;
+  POWER10 from pseries-9.0 in 10.0), under KVM no ``-cpu``;
 * ``<memory>`` (rounded up to 256 MiB on ppc64: qemuDomainAlignMemorySizes) is ``-m MiB``,
   or ``-m size=…k,slots=N,maxmem=…k`` with ``<maxMemory>``; RAM is one
   ``memory-backend-ram``/``-file`` named ``ppc_spapr.ram`` (``-machine memory-backend=``), or
@@ -45,6 +46,7 @@ from dataclasses import dataclass, replace
 from kvmppc.errors import UsageError
 from kvmppc.inputs.qemu_argv import Translation, translate_argv
 from kvmppc.model import ProbeResult
+from kvmppc.qemu_versions import MODELLED, QemuTable, choose
 
 MAX_XML_BYTES = 1 << 20  # libvirt's own domain XMLs are a few KiB
 KiB = 1024
@@ -116,9 +118,14 @@ def _machine_version(machine: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _default_cpu(machine: str) -> str:
-    """The machine's default CPU model (spapr_machine_class_init: power9_v2.0 from
-    pseries-4.0, power8_v2.0 before), as libvirt names it on the command line."""
+def _default_cpu(machine: str, qemu: QemuTable | None = None) -> str:
+    """The machine's default CPU model as libvirt names it on the command line (libvirt asks
+    QEMU: query-machines ``default-cpu-type``; the release's table holds the answer: POWER9
+    from pseries-4.0, POWER8 before, POWER7 up to 2.7 in 7.2; POWER10 from pseries-9.0 in
+    10.0).  A machine the release lacks keeps the old rule (QEMU refuses it anyway)."""
+    row = (qemu or MODELLED[(7, 2)]).machine(machine)
+    if row is not None:
+        return (qemu or MODELLED[(7, 2)]).cpus[row.default_cpu].family
     version = _machine_version(machine)
     return "POWER8" if version is not None and version < (4, 0) else "POWER9"
 
@@ -159,10 +166,17 @@ class _Cell:
 
 
 def domain_to_argv(text: str | bytes, host: HostMemory,
-                   pseries: str = QEMU72_PSERIES) -> tuple[list[str], dict[str, str]]:
+                   pseries: str = QEMU72_PSERIES, qemu_version: str | None = None,
+                   ) -> tuple[list[str], dict[str, str]]:
     """The command line libvirt 9.0 builds (the options that bear on page sizes), and facts
     about the domain (name, type) for the answer.  ``pseries``: what the installed QEMU's
-    ``pseries`` alias stands for (libvirt asks QEMU; pseries-10.0 for QEMU 10.0)."""
+    ``pseries`` alias stands for (libvirt asks QEMU; pseries-10.0 for QEMU 10.0).
+    ``qemu_version`` (a modelled release): the QEMU libvirt asks, for the machine's default
+    CPU and, unless ``pseries`` says otherwise, the alias (libvirt 11.3 with QEMU 10.0 writes
+    pseries-10.0 and, under TCG, POWER10)."""
+    qemu = _release_table(qemu_version)
+    if qemu is not None and pseries == QEMU72_PSERIES:
+        pseries = qemu.default_machine
     root = parse_domain(text)
     name = (root.findtext("name") or "").strip()
     if not name:
@@ -219,7 +233,7 @@ def domain_to_argv(text: str | bytes, host: HostMemory,
         if cpu_model:
             cpu_arg = cpu_model
         elif virt_type == "qemu":
-            cpu_arg = _default_cpu(machine)
+            cpu_arg = _default_cpu(machine, qemu)
     else:
         raise DomainXMLError(f"<cpu mode={cpu_mode!r}>: unknown mode")
 
@@ -381,22 +395,34 @@ def _parse_nodeset(text: str) -> set[int]:
 
 
 def translate_domain(text: str | bytes, host: HostMemory,
-                     assume_kvm: bool = False, pseries: str = QEMU72_PSERIES) -> Translation:
+                     assume_kvm: bool = False, pseries: str = QEMU72_PSERIES,
+                     qemu_version: str | None = None) -> Translation:
     """The domain as a :class:`Translation`: libvirt's command line, read by QEMU's rules.
 
     ``assume_kvm`` answers for a ``type='qemu'`` domain as though it were ``type='kvm'``
     (only for trying a POWER host profile on a machine where libvirt accepts nothing else).
+    ``qemu_version``: the release libvirt runs (its ``pseries``, default CPU and options:
+    :func:`domain_to_argv`, :func:`kvmppc.inputs.qemu_argv.translate_argv`).
     """
-    argv, facts = domain_to_argv(text, host, pseries)
+    argv, facts = domain_to_argv(text, host, pseries, qemu_version)
     if assume_kvm and facts["domain_type"] == "qemu":
         index = argv.index("-accel")
         argv[index + 1] = "kvm"
-    translation = translate_argv(argv)
+    translation = translate_argv(argv, qemu_version)
     notes = translation.notes
     if assume_kvm and facts["domain_type"] == "qemu":
         notes = (*notes, "type='qemu' answered as if it were type='kvm' (assume_kvm)")
     return replace(translation, source="libvirt-domain", notes=notes,
                    extra={**translation.extra, **facts})
+
+
+def _release_table(qemu_version: str | None) -> QemuTable | None:
+    if qemu_version is None:
+        return None
+    try:
+        return choose(qemu_version).table
+    except ValueError as exc:
+        raise DomainXMLError(f"qemu_version: {exc}") from None
 
 
 def host_memory_from_probe(probe: ProbeResult) -> HostMemory:

@@ -37,6 +37,7 @@ from typing import Any
 
 from kvmppc.errors import UsageError
 from kvmppc.policy import CheckRequest, QemuRefusalError, parse_memory, parse_size
+from kvmppc.qemu_versions import parse_version
 
 # Options of qemu-system-ppc64 7.2 that take an argument (qemu-options.hx, HAS_ARG).  An option
 # in neither table is refused, as QEMU does ("-bogus: invalid option").
@@ -58,6 +59,53 @@ _WITHOUT_ARG = """
 """
 OPTIONS_WITHOUT_ARG = frozenset(_WITHOUT_ARG.split())
 HELP_OPTIONS = frozenset({"version", "h", "help", "audio-help"})
+
+# The option tables differ by release; each was read from its binary (every option tried
+# before and after ``-version``: tests/test_inputs_qemu_argv_versions.py runs both).  Named by
+# the tables above but refused by QEMU 7.2 and 10.0 alike ("invalid option"): gone before 7.2.
+_NOT_OPTIONS = frozenset({"alt-grab", "ctrl-grab", "no-quit", "enable-fips", "watchdog"})
+# Gone by 10.0 (qemu-options.hx): -chroot and -runas became -run-with chroot=/user=,
+# -async-teardown -run-with async-teardown=on, -singlestep -accel tcg,one-insn-per-tb=on,
+# -no-acpi -machine acpi=off, -audio-help -audiodev help; -portrait and -rotate went.
+_GONE_IN_10_0 = frozenset({"chroot", "runas", "rotate", "async-teardown", "audio-help",
+                           "no-acpi", "portrait", "singlestep"})
+_NEW_IN_10_0_WITH_ARG = frozenset({"run-with", "shim"})
+_NEW_IN_10_0_WITHOUT_ARG = frozenset({"jitdump", "perfmap"})
+# Options QEMU knows but refuses on ppc64 (qemu-options.hx arch masks; system/vl.c
+# qemu_init: "Option not supported for this target" when the option is reached).
+_NOT_FOR_PPC64 = frozenset({"acpitable", "smbios", "no-fd-bootchk", "win2k-hack", "xen-attach",
+                            "xen-domid", "semihosting", "semihosting-config", "no-acpi"})
+
+
+@dataclass(frozen=True)
+class OptionTable:
+    """One release's ``qemu-system-ppc64`` options: which take an argument, which do not,
+    and which it knows but refuses on ppc64."""
+
+    release: str
+    with_arg: frozenset[str]
+    without_arg: frozenset[str]
+    not_for_target: frozenset[str]
+
+
+def option_table(qemu_version: str | None = None) -> OptionTable:
+    """The option table of a modelled release ("7.2", "10.0"; None: 7.2's, which this module
+    has always read).  A release after 10.0 is read with 10.0's table."""
+    with_arg = OPTIONS_WITH_ARG - _NOT_OPTIONS
+    without_arg = OPTIONS_WITHOUT_ARG - _NOT_OPTIONS
+    if qemu_version is None or _release(qemu_version) < (10, 0):
+        return OptionTable("7.2", with_arg, without_arg, _NOT_FOR_PPC64)
+    return OptionTable("10.0", (with_arg - _GONE_IN_10_0) | _NEW_IN_10_0_WITH_ARG,
+                       (without_arg - _GONE_IN_10_0) | _NEW_IN_10_0_WITHOUT_ARG,
+                       _NOT_FOR_PPC64 - _GONE_IN_10_0)
+
+
+def _release(text: str) -> tuple[int, int]:
+    try:
+        return parse_version(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
 
 # The programs that are QEMU's pseries emulator; Debian's ``kvm`` on ppc64el (like RHEL's
 # ``qemu-kvm``) adds -enable-kvm.
@@ -268,7 +316,9 @@ class _State:
     memory_devices: list[str] = field(default_factory=list)
 
 
-def _iter_options(argv: Sequence[str]) -> list[tuple[str, str | None]]:
+def _iter_options(argv: Sequence[str], table: OptionTable | None = None,
+                  ) -> list[tuple[str, str | None]]:
+    table = table or option_table()
     options: list[tuple[str, str | None]] = []
     i = 0
     while i < len(argv):
@@ -278,16 +328,17 @@ def _iter_options(argv: Sequence[str]) -> list[tuple[str, str | None]]:
             options.append(("", word))  # a disk image (QEMU's -hda)
             continue
         name = word[2:] if word.startswith("--") else word[1:]
-        if name in OPTIONS_WITH_ARG:
+        if name in table.with_arg:
             if i >= len(argv):
                 raise CommandLineError(f"{word}: requires an argument")
             options.append((name, argv[i]))
             i += 1
-        elif name in OPTIONS_WITHOUT_ARG:
+        elif name in table.without_arg:
             options.append((name, None))
         else:
             raise CommandLineError(
-                f"{word}: invalid option (not one of qemu-system-ppc64 7.2's options)"
+                f"{word}: invalid option (not one of qemu-system-ppc64"
+                f" {table.release}'s options)"
             )
     return options
 
@@ -302,15 +353,20 @@ def _program_implies_kvm(program: str) -> bool:
     return PROGRAMS[base]
 
 
-def translate_argv(argv: Sequence[str]) -> Translation:
-    """Read ``argv`` (program first) as QEMU 7.2 would; see the module's docstring."""
+def translate_argv(argv: Sequence[str], qemu_version: str | None = None) -> Translation:
+    """Read ``argv`` (program first) as QEMU 7.2 would, or the release ``qemu_version`` (its
+    options: :func:`option_table`); see the module's docstring.  The request's own
+    ``qemu_version`` is left to the caller."""
+    table = option_table(qemu_version)
     if not argv:
         raise CommandLineError("empty command line: give the program and its arguments")
     state = _State()
     if _program_implies_kvm(argv[0]):
         state.machine["accel"] = "kvm"
         state.notes.append(f"{posixpath.basename(argv[0])} runs QEMU with -enable-kvm")
-    for name, arg in _iter_options(argv[1:]):
+    for name, arg in _iter_options(argv[1:], table):
+        if name in table.not_for_target:
+            raise _bad(f"-{name}", arg, "Option not supported for this target")
         _read_option(state, name, arg)
     return _finish(tuple(argv), state)
 
@@ -441,7 +497,7 @@ def _accel_mode(state: _State) -> tuple[str | None, str]:
         names = machine_accel.split(":")
         source = f"accel={machine_accel}"
     else:
-        state.notes.append("no accelerator given: QEMU 7.2 uses TCG, where no backing check"
+        state.notes.append("no accelerator given: QEMU uses TCG, where no backing check"
                            " applies (libvirt passes -accel kvm for <domain type='kvm'>)")
         return "tcg", "default"
     for index, accel_name in enumerate(names):
@@ -613,7 +669,9 @@ def _ram_size(text: str) -> int:
 
 __all__ = [
     "CommandLineError",
+    "OptionTable",
     "Translation",
+    "option_table",
     "parse_keyval",
     "parse_qemu_opts",
     "split_command_line",

@@ -17,12 +17,11 @@ from kvmppc.qemu_versions import NEWEST, QemuTable
 MiB = 1 << 20
 DEFAULT_RAM_SIZE = 512 * MiB  # hw/ppc/spapr.c: mc->default_ram_size
 
-# util/qemu-option.c parse_option_size: the hint QEMU appends to a size it cannot read.
-SIZE_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-",
-             "and exabytes, respectively.")
-
 CAP_NAME = "hpt-max-page-size"
 MSG_EXPECTS_SIZE = f"Parameter 'cap-{CAP_NAME}' expects size"
+# util/qemu-option.c parse_option_size's error_append_hint, as QEMU prints it (two lines).
+SIZE_SUFFIX_HINT = ("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-",
+                    "and exabytes, respectively.")
 MSG_NOT_POWER_OF_2 = f"cap-{CAP_NAME} must be a power of 2"
 
 
@@ -92,10 +91,11 @@ def parse_memory(
                 ProblemKind.MEMORY,
                 f"-m {text}: Value '{text}' is out of range for parameter 'size'",
             )
+        # util/qemu-option.c parse_option_size: the error and the hint on suffixes.
         raise QemuRefusalError(
             ProblemKind.MEMORY,
             f"-m {text}: Parameter 'size' expects a non-negative number below 2^64",
-            more=SIZE_HINT,
+            more=SIZE_SUFFIX_HINT,
         )
     if first.value == 0:
         return DEFAULT_RAM_SIZE, tuple(warnings)

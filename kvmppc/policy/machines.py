@@ -72,6 +72,9 @@ class MachineType:
     dr_lmb_enabled: bool  # pseries-2.5 and later: RAM must be a multiple of 256 MiB
     rma_limit: int | None  # pseries-4.2 and older clamp the RMA to 16 GiB
     deprecated: bool = False  # QEMU warns at machine init (hw/core/machine.c)
+    # pseries-4.2 and later take the VSMT mode from -smp threads; older ones ask KVM for 8
+    # (hw/ppc/spapr.c spapr_set_vsmt_mode, smc->smp_threads_vsmt).
+    smp_threads_vsmt: bool = True
 
     @property
     def legacy_default_cap(self) -> bool:
@@ -91,6 +94,7 @@ def _machine(row: MachineRow) -> MachineType:
         dr_lmb_enabled=version >= (2, 5),
         rma_limit=16 * GiB if version <= (4, 2) else None,
         deprecated=row.deprecated,
+        smp_threads_vsmt=version >= (4, 2),
     )
 
 
@@ -146,8 +150,10 @@ def lookup_machine(name: str, qemu: QemuModels | None = None) -> MachineType:
     qemu = qemu or qemu_models()
     machine = qemu.machine_types.get(name)
     if machine is None:
+        # system/vl.c select_machine: the error, then its hint.
         raise QemuRefusalError(
-            ProblemKind.MACHINE, qemu.table.messages.unsupported_machine.format(name=name))
+            ProblemKind.MACHINE, qemu.table.messages.unsupported_machine.format(name=name),
+            more=("Use -machine help to list supported machines",))
     return machine
 
 

@@ -44,7 +44,7 @@ from kvmppc.model import ProbeResult, SmmuInfo, SmmuSource, VmTypeInfo
 from kvmppc.policy.backing import Backing, backings_for, resolve_backing
 from kvmppc.policy.cmdline import (
     DEFAULT_RAM_SIZE,
-    SIZE_HINT,
+    SIZE_SUFFIX_HINT,
     parse_max_page_size,
     parse_memory,
 )
@@ -243,7 +243,7 @@ def _memory_options(s: _Startup) -> None:
         if maxmem is None:
             log.error(K.MEMORY, f"-m {request.memory or '512M'},maxmem={request.maxmem}:"
                       " Parameter 'maxmem' expects a non-negative number below 2^64",
-                      more=SIZE_HINT)
+                      more=SIZE_SUFFIX_HINT)
             return
         s.maxmem = maxmem
     if request.slots is not None:
@@ -436,6 +436,8 @@ def _machine_init(s: _Startup) -> bool:
             else:
                 s.shift = LEGACY_MAX_SHIFT
                 s.shift_source = f"{machine.name} default: 16 GiB without host-contiguous pages"
+    if s.ram is not None and _rma_size(s) >= MIN_RMA_SLOF:
+        _vsmt(s)  # after spapr_rma_size, before spapr_validate_node_memory
     if s.ram is not None:
         if _rma_size(s) < MIN_RMA_SLOF:
             # hw/ppc/spapr.c spapr_rma_size; "%" HWADDR_PRIx "ld" prints 0x80 as "80ld".
@@ -527,6 +529,33 @@ def hpt_ram_size(s: _Startup) -> int:
             "SPAPR_RESIZE_HPT", 0):
         disabled = True
     return maxram if disabled else s.ram
+
+
+def _vsmt(s: _Startup) -> None:
+    """hw/ppc/spapr.c ``spapr_set_vsmt_mode`` for one thread a core (kvmppc's guests).
+
+    pseries-4.1 and older ask KVM for VSMT mode 8, later ones for 1 (-smp threads).  QEMU
+    asks only when KVM's mode (KVM_CAP_PPC_SMT on the VM, 0 meaning 1) differs.  The kernel
+    takes it through kvm_ops->set_smt_mode, which only HV has (arch/powerpc/kvm/powerpc.c:
+    -EINVAL otherwise), for a mode in KVM_CAP_PPC_SMT_POSSIBLE.  With one thread a core and
+    KVM's mode 1, a refusal is only a warning ("we'll waste some vcpu ids").
+    """
+    machine, kvm = s.machine, s.kvm
+    if kvm is None or machine is None:
+        return  # TCG: nothing to set
+    vsmt = 1 if machine.smp_threads_vsmt else 8
+    kvm_smt = kvm.vm.caps.get("PPC_SMT") or 1
+    if vsmt == kvm_smt:
+        return
+    possible = kvm.vm.caps.get("PPC_SMT_POSSIBLE", 0)
+    if kvm.vm.is_pr is False and possible & vsmt:
+        return
+    if vsmt % kvm_smt == 0:
+        s.log.warn(K.VSMT, f"Failed to set KVM's VSMT mode to {vsmt} (errno -22)")
+    else:  # KVM's mode is not a divisor of ours: QEMU stops (no kernel here answers so)
+        s.log.error(K.VSMT, f"Failed to set KVM's VSMT mode to {vsmt} (errno -22)", more=(
+            f"On PPC, a VM with 1 threads/core on a host with {kvm_smt} threads/core requires"
+            f" the use of VSMT mode {vsmt}.",))
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,25 +63,28 @@ CROSS_GCC = f"{TRIPLET}-gcc"
 PR_KERNEL_SCRIPT = HERE / "build-pr-kernel.sh"
 DEFAULT_BOOT_TIMEOUT = 600.0  # seconds; a TCG boot plus battery takes well under a minute
 
-# Debian ppc64el packages unpacked into the guest root: busybox for /init and the shell,
-# python3.11 and what its interpreter and the modules kvmppc imports link against (libssl3:
-# _ssl and _hashlib, which http.server and prometheus_client import).
-GUEST_PACKAGES = (
-    "busybox-static",
-    "libc6",
-    "libgcc-s1",
-    "zlib1g",
-    "libexpat1",
-    "libffi8",
-    "libssl3",
-    "libpython3.11-minimal",
-    "libpython3.11-stdlib",
-    "python3.11-minimal",
-    "python3-cffi-backend",
-)
-# Headers for cross-compiling the cffi extension. linux-libc-dev's headers come first so the
-# request numbers are powerpc's, as the target's own <asm/ioctl.h> encodes them.
-BUILD_PACKAGES = ("linux-libc-dev", "libpython3.11-dev", "python3.11-dev")
+# The guest's Python: Debian 12's python3.11 on the host's suite, Debian 13's python3.13.
+GUEST_PYTHON = {"host": "3.11", "trixie": "3.13"}
+
+
+def guest_packages(suite: str) -> tuple[str, ...]:
+    """Debian ppc64el packages unpacked into the guest root: busybox for /init and the shell,
+    python and what its interpreter and the modules kvmppc imports link against (libssl:
+    _ssl and _hashlib, which http.server and prometheus_client import; Debian 13 renamed it
+    libssl3t64)."""
+    py = GUEST_PYTHON[suite]
+    return ("busybox-static", "libc6", "libgcc-s1", "zlib1g", "libexpat1", "libffi8",
+            "libssl3" if suite == "host" else "libssl3t64", f"libpython{py}-minimal",
+            f"libpython{py}-stdlib", f"python{py}-minimal", "python3-cffi-backend")
+
+
+def build_packages(suite: str) -> tuple[str, ...]:
+    """Headers for cross-compiling the cffi extension. linux-libc-dev's headers come first so
+    the request numbers are powerpc's, as the target's own <asm/ioctl.h> encodes them."""
+    py = GUEST_PYTHON[suite]
+    return ("linux-libc-dev", f"libpython{py}-dev", f"python{py}-dev")
+
+
 DEBIAN_KERNEL_METAPACKAGE = "linux-image-powerpc64le"
 
 # Not worth a place in the initramfs (the guest runs no tests of CPython itself).
@@ -92,13 +95,13 @@ PYTHON_TRIM = (
     "usr/share/locale",
     "usr/share/binfmts",
     f"usr/lib/{TRIPLET}/gconv",
-    "usr/lib/python3.11/test",
-    "usr/lib/python3.11/idlelib",
-    "usr/lib/python3.11/tkinter",
-    "usr/lib/python3.11/turtledemo",
-    "usr/lib/python3.11/ensurepip",
-    "usr/lib/python3.11/lib2to3",
-    "usr/lib/python3.11/pydoc_data",
+    "usr/lib/python{py}/test",
+    "usr/lib/python{py}/idlelib",
+    "usr/lib/python{py}/tkinter",
+    "usr/lib/python{py}/turtledemo",
+    "usr/lib/python{py}/ensurepip",
+    "usr/lib/python{py}/lib2to3",
+    "usr/lib/python{py}/pydoc_data",
 )
 # Host distributions that are not copied into the guest: cffi's backend comes from Debian's
 # python3-cffi-backend, and systemd-python is compiled (kvmppc imports it lazily).
@@ -344,8 +347,10 @@ def _unpacked_kernel(name: str, deb: Path) -> Kernel:
         root.mkdir(parents=True)
         unpack_deb(deb, root)
         (root / "DONE").touch()
-    (release,) = [path.name for path in (root / "lib/modules").iterdir()]
-    kvm_dir = root / "lib/modules" / release / "kernel/arch/powerpc/kvm"
+    # Debian 13 ships modules under /usr (merged /usr), Debian 12 under /lib.
+    modules_dir = next(d for d in (root / "lib/modules", root / "usr/lib/modules") if d.is_dir())
+    (release,) = [path.name for path in modules_dir.iterdir()]
+    kvm_dir = modules_dir / release / "kernel/arch/powerpc/kvm"
     modules = {path.name.split(".ko")[0]: path for path in kvm_dir.iterdir()}
     return Kernel(name, release, root / "boot" / f"vmlinux-{release}", modules, deb.name)
 
@@ -431,6 +436,10 @@ class GuestConfig:
 # QEMU's Virtual Open Firmware instead of SLOF, about 10 s faster a boot. KVM-PR cannot load
 # on a radix guest (kvmppc_core_check_processor_compat_pr: -EIO), hence POWER8 (hash).
 # The -4k configs run 4 KiB-page kernels: Debian 13's own for HV, a --pages 4k build for PR.
+# A hash guest's kernel gets 16 MiB pages (hugetlbfs, and the MMU sizes KVM-PR offers its
+# own guests) only when its QEMU allows them: cap-hpt-max-page-size=16M (pseries-3.0 and
+# later default to 64K).
+PR_MACHINE = "pseries,x-vof=on,cap-hpt-max-page-size=16M"
 CONFIGS: dict[str, GuestConfig] = {
     config.name: config
     for config in (
@@ -438,11 +447,15 @@ CONFIGS: dict[str, GuestConfig] = {
                     "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv")),
         GuestConfig("power10-hv", "hv", "debian", "POWER10",
                     "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv")),
-        GuestConfig("power8-pr", "pr", "pr", "POWER8", "pseries,x-vof=on", ("kvm", "kvm-pr")),
+        GuestConfig("power8-pr", "pr", "pr", "POWER8", PR_MACHINE, ("kvm", "kvm-pr")),
         GuestConfig("power9-hv-4k", "hv", "debian13", "POWER9",
                     "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv"), pages="4k"),
-        GuestConfig("power8-pr-4k", "pr", "pr4k", "POWER8", "pseries,x-vof=on",
+        GuestConfig("power8-pr-4k", "pr", "pr4k", "POWER8", PR_MACHINE,
                     ("kvm", "kvm-pr"), pages="4k"),
+        # A Debian 13 host: its kernel, python3.13 and (in kvm_oracle) QEMU 10.0.
+        GuestConfig("power9-hv-debian13", "hv", "debian13", "POWER9",
+                    "pseries,x-vof=on,cap-nested-hv=on", ("kvm", "kvm-hv"), pages="4k",
+                    suite="trixie"),
     )
 }
 
@@ -611,9 +624,10 @@ def _cached_image(kind: str, inputs: dict[str, str], build: Any) -> Path:
 
 
 @functools.cache
-def python_layer() -> Path:
-    """busybox and Debian's python3.11 with python3-cffi-backend: changes with Debian."""
-    debs = fetch_debs(GUEST_PACKAGES)
+def python_layer(suite: str = HOST_SUITE) -> Path:
+    """busybox and Debian's python with python3-cffi-backend: changes with Debian."""
+    py = GUEST_PYTHON[suite]
+    debs = fetch_debs(guest_packages(suite), ARCH, suite)
     inputs = {f"deb:{name}": path.name for name, path in debs.items()}
     inputs["host-python"] = "{}.{}".format(*sys.version_info[:2])  # the .pyc magic number
 
@@ -622,11 +636,11 @@ def python_layer() -> Path:
             progress(f"unpacking {deb.name}")
             unpack_deb(deb, root)
         for trim in PYTHON_TRIM:
-            shutil.rmtree(root / trim, ignore_errors=True)
-        (root / "usr/bin/python3").symlink_to("python3.11")
-        _precompile(root, root / "usr/lib/python3.11", root / "usr/lib/python3")
+            shutil.rmtree(root / trim.format(py=py), ignore_errors=True)
+        (root / "usr/bin/python3").symlink_to(f"python{py}")
+        _precompile(py, root, root / f"usr/lib/python{py}", root / "usr/lib/python3")
 
-    return _cached_image("python", inputs, build)
+    return _cached_image("python" if suite == HOST_SUITE else f"python-{suite}", inputs, build)
 
 
 # Debian's ppc64el QEMU for the KVM-mode differential harness (kvm_oracle.py): the package,
@@ -724,10 +738,11 @@ def qemu_layer(suite: str = HOST_SUITE) -> Path:
 
 
 @functools.cache
-def project_layer() -> Path:
+def project_layer(suite: str = HOST_SUITE) -> Path:
     """/init, kvmppc (extension cross-compiled), its pure-Python dependencies, guest/."""
     check_host_tools()
-    headers_debs = fetch_debs(BUILD_PACKAGES)
+    py = GUEST_PYTHON[suite]
+    headers_debs = fetch_debs(build_packages(suite), ARCH, suite)
     inputs = {f"deb:{name}": path.name for name, path in headers_debs.items()}
     for name in guest_dependencies():
         inputs[f"dist:{name}"] = _host_distribution_files(name)[0]
@@ -742,17 +757,17 @@ def project_layer() -> Path:
         headers = scratch / "headers"
         for deb in headers_debs.values():
             unpack_deb(deb, headers)
-        _install_project(root, headers)
+        _install_project(root, headers, py)
 
-    return _cached_image("project", inputs, build)
+    return _cached_image("project" if suite == HOST_SUITE else f"project-{suite}", inputs, build)
 
 
-def guest_layers() -> list[Path]:
+def guest_layers(suite: str = HOST_SUITE) -> list[Path]:
     """The guest's initramfs layers, kernel-independent, in the order they are unpacked."""
-    return [python_layer(), project_layer()]
+    return [python_layer(suite), project_layer(suite)]
 
 
-def _install_project(root: Path, headers: Path) -> None:
+def _install_project(root: Path, headers: Path, py: str) -> None:
     for directory in ("dev", "proc", "sys", "tmp", "root", "etc/kvmppc-guest", "usr/bin"):
         (root / directory).mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "init.sh", root / "init")
@@ -767,28 +782,30 @@ def _install_project(root: Path, headers: Path) -> None:
     for command, target in _console_scripts().items():
         module, _, function = target.partition(":")
         script = root / "usr/bin" / command
-        script.write_text(f"#!/usr/bin/python3.11\nimport sys\nfrom {module} import {function}\n"
+        script.write_text(f"#!/usr/bin/python{py}\nimport sys\nfrom {module} import {function}\n"
                           f"sys.exit({function}())\n")
         script.chmod(0o755)
     shutil.copytree(HERE / "guest", root / "opt/kvmppc-guest",
                     ignore=lambda _d, names: [n for n in names if _is_build_output(Path(n))])
     for builder, variable in _cffi_builders():
-        cross_compile_extension(builder, variable, site, headers)
-    _precompile(root, site, root / "opt/kvmppc-guest")
+        cross_compile_extension(builder, variable, site, headers, py)
+    _precompile(py, root, site, root / "opt/kvmppc-guest")
 
 
-def _precompile(root: Path, *directories: Path) -> None:
+def _precompile(py: str, root: Path, *directories: Path) -> None:
     """Byte-compile, so the guest does not compile every import at every boot under TCG.
 
     Every 3.11 has the same magic number; unchecked hashes because the cpio's mtimes are 0.
+    Only when the host's Python is the guest's (else the guest compiles as it imports).
     """
-    if sys.version_info[:2] != (3, 11):
+    if "{}.{}".format(*sys.version_info[:2]) != py:
         return  # another magic number: the guest would ignore the files
     _run([sys.executable, "-m", "compileall", "-q", "-j0", "--invalidation-mode",
           "unchecked-hash", "-s", str(root), "-p", "/", *map(str, directories)])
 
 
-def cross_compile_extension(builder: Path, variable: str, site: Path, headers: Path) -> Path:
+def cross_compile_extension(builder: Path, variable: str, site: Path, headers: Path,
+                            py: str = "3.11") -> Path:
     """Emit the cffi module's C on the host, compile it for ppc64le into ``site``."""
     emit = (
         "import runpy, sys\n"
@@ -799,12 +816,12 @@ def cross_compile_extension(builder: Path, variable: str, site: Path, headers: P
     c_file = headers / f"{builder.stem}.c"
     module = _run([sys.executable, "-c", emit, str(builder), variable, str(c_file)],
                   cwd=REPO).stdout.strip().splitlines()[-1]
-    target = site / (module.replace(".", "/") + f".cpython-311-{TRIPLET}.so")
+    target = site / (module.replace(".", "/") + f".cpython-{py.replace('.', '')}-{TRIPLET}.so")
     progress(f"cross-compiling {module} for ppc64le")
     include = headers / "usr/include"
     _run([CROSS_GCC, "-shared", "-fPIC", "-O2",
           f"-I{include}", f"-I{include / TRIPLET}",
-          f"-I{include / 'python3.11'}", f"-I{include / TRIPLET / 'python3.11'}",
+          f"-I{include / f'python{py}'}", f"-I{include / TRIPLET / f'python{py}'}",
           str(c_file), "-o", str(target)])
     return target
 
@@ -931,7 +948,7 @@ def run_in_guest(config: GuestConfig | str, commands: Sequence[GuestCommand] | N
         commands = commands_for(config.kind)
     check_host_tools()
     kernel = kernel_named(config.kernel)
-    layers = guest_layers()
+    layers = guest_layers(config.suite)
     marker = f"@@kvmppc-{secrets.token_hex(6)}@@"
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ if __package__ in (None, ""):
 from kvmppc.model import ProbeResult
 from tests.powerguest import harness
 from tests.powerguest.battery import GuestCommand
-from tests.powerguest.guest.kvm_diff import kvmppc_answer
+from tests.powerguest.guest.kvm_diff import argv_key, kvmppc_answer
 
 CASES_FILE = harness.HERE / "kvm_cases.toml"
 PREFIX = "qemu-system-ppc64: "
@@ -62,7 +62,7 @@ HUGEPAGES = {
     "pr": {"16384kB": 80},
 }
 # Which configs the harness runs, with the Debian release whose QEMU they use.
-ORACLE_CONFIGS = ("power9-hv", "power9-hv-4k", "power8-pr", "power8-pr-4k")
+ORACLE_CONFIGS = ("power9-hv", "power9-hv-4k", "power8-pr", "power8-pr-4k", "power9-hv-debian13")
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,11 @@ class OracleRun:
     seconds: float
     qemu_runs: int  # QEMU runs made in this boot (the rest came from the cache)
     guest_seconds: float
+    cache: Path  # QEMU's results for this config, kernel and QEMU layer
+
+    def disagreements(self, case: Case) -> list[str]:
+        answer = self.kvmppc[case.id]
+        return disagreements(case, self.qemu[case.id], answer, advice_result(self.cache, answer))
 
 
 def run(config_name: str, *, full: bool = False, timeout: float | None = None,
@@ -158,7 +163,10 @@ def run(config_name: str, *, full: bool = False, timeout: float | None = None,
     cache = _qemu_cache(config, kernel, qemu_layer)
     cached = {case.id: _cached(cache, case) for case in cases}
     todo = [case for case in cases if cached[case.id] is None]
+    advice_cached = sorted(path.name.removeprefix("advice-").removesuffix(".json")
+                           for path in cache.glob("advice-*.json"))
     spec = {
+        "advice_cached": advice_cached,
         "hugepages": HUGEPAGES[config.kind],
         "timeout": QEMU_TIMEOUT,
         "dtb": "machine" if config.suite == harness.HOST_SUITE else "qmp",
@@ -194,9 +202,13 @@ def run(config_name: str, *, full: bool = False, timeout: float | None = None,
             (cache / f"{case.id}.json").write_text(json.dumps(record, indent=1))
         else:
             qemu[case.id] = cached[case.id] or {}
+        if "advice_qemu" in entry:
+            record = entry["advice_qemu"]
+            (cache / f"advice-{argv_key(record['argv'])}.json").write_text(
+                json.dumps(record, indent=1))
     (cache / "probe.json").write_text(json.dumps(document["probe"], indent=1))
     return OracleRun(config, boot.kernel_release, document["probe"], qemu, kvmppc, cases,
-                     time.monotonic() - started, len(todo), boot.seconds)
+                     time.monotonic() - started, len(todo), boot.seconds, cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +222,22 @@ def qemu_lines(stderr: str) -> list[str]:
     return [line for line in lines if not line.startswith("info: dtb dumped to ")]
 
 
-def disagreements(case: Case, qemu: dict[str, Any], kvmppc: dict[str, Any]) -> list[str]:
-    """How kvmppc's answer differs from QEMU's for ``case`` (empty: they agree)."""
+def advice_result(cache: Path, kvmppc: dict[str, Any]) -> dict[str, Any] | None:
+    """QEMU's run of kvmppc's first piece of advice for a refused case, if it has one."""
+    advice = kvmppc.get("advice") or []
+    if kvmppc.get("verdict") != "no" or not advice:
+        return None
+    path = cache / f"advice-{argv_key(advice[0]['argv'])}.json"
+    if not path.exists():
+        return None
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
+def disagreements(case: Case, qemu: dict[str, Any], kvmppc: dict[str, Any],
+                  advice: dict[str, Any] | None = None) -> list[str]:
+    """How kvmppc's answer differs from QEMU's for ``case`` (empty: they agree); ``advice``
+    is QEMU's run of kvmppc's first suggestion, which must start."""
     if kvmppc["verdict"] == "cannot judge":
         return ["kvmppc cannot judge: " + "; ".join(kvmppc["cannot_judge"])]
     if kvmppc["verdict"] == "usage error":
@@ -230,17 +256,22 @@ def disagreements(case: Case, qemu: dict[str, Any], kvmppc: dict[str, Any]) -> l
                          f" kvmppc {kvmppc.get('cells')}")
         if "cap" in qemu and qemu["cap"] != kvmppc.get("cap"):
             found.append(f"cap-hpt-max-page-size: QEMU {qemu['cap']}, kvmppc {kvmppc.get('cap')}")
+    if advice is not None and advice["rc"] != 0:
+        found.append(f"kvmppc's advice '{kvmppc['advice'][0]['change']}'"
+                     f" ({shlex.join(advice['argv'])}) does not start: QEMU printed"
+                     f" {qemu_lines(advice['stderr'])}")
     return found
 
 
-def report(results: OracleRun | None, config_name: str,
+def report(results: OracleRun | None, config_name: str, *,
            answers: dict[str, dict[str, Any]], qemu: dict[str, dict[str, Any]],
-           cases: Sequence[Case]) -> tuple[int, int, int, str]:
+           cases: Sequence[Case], cache: Path) -> tuple[int, int, int, str]:
     """(cases, agreeing, cannot-judge, text listing the disagreements)."""
     lines = []
     agree = cannot = 0
     for case in cases:
-        found = disagreements(case, qemu[case.id], answers[case.id])
+        found = disagreements(case, qemu[case.id], answers[case.id],
+                              advice_result(cache, answers[case.id]))
         if not found:
             agree += 1
             continue
@@ -269,7 +300,7 @@ def replay(config_name: str, full: bool = True) -> tuple[int, int, int, str]:
     cases = [case for case in cases_for(config, full) if _cached(cache, case) is not None]
     qemu = {case.id: _cached(cache, case) or {} for case in cases}
     answers = {case.id: kvmppc_answer(list(case.argv), probe) for case in cases}
-    return report(None, config_name, answers, qemu, cases)
+    return report(None, config_name, answers=answers, qemu=qemu, cases=cases, cache=cache)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -297,8 +328,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         try:
             if args.action == "run":
                 results = run(name, full=args.full, echo=args.echo)
-                count, agree, _cannot, text = report(results, name, results.kvmppc,
-                                                     results.qemu, results.cases)
+                count, agree, _cannot, text = report(
+                    results, name, answers=results.kvmppc, qemu=results.qemu,
+                    cases=results.cases, cache=results.cache)
             else:
                 count, agree, _cannot, text = replay(name, args.full)
         except harness.HarnessError as exc:

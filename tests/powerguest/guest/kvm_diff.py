@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import struct
@@ -27,6 +28,7 @@ from kvmppc.inputs.answer import judge
 from kvmppc.inputs.qemu_argv import translate_argv
 from kvmppc.model import jsonable
 from kvmppc.probe import probe as live_probe
+from kvmppc.render import qemu_args
 
 QEMU = "/usr/bin/qemu-system-ppc64"
 PREFIX = "qemu-system-ppc64: "
@@ -160,7 +162,19 @@ def kvmppc_answer(argv: list[str], probe: Any) -> dict[str, Any]:
         out["cap"] = (1 << result.max_page_shift) if result.max_page_shift is not None else None
         out["pvr"] = result.cpu.pvr if result.cpu is not None else None
         out["changes"] = list(answer.changes)
+        # The advice QEMU can be asked about as it is: suggestions that start the guest
+        # (re-checked by the policy) with no host set-up steps (mounts, pools) before them.
+        advice = result.advice.suggestions if result.advice is not None else ()
+        out["advice"] = [{"change": suggestion.change,
+                          "argv": [*qemu_args(suggestion.request, suggestion.result),
+                                   "-nodefaults", "-display", "none"]}
+                         for suggestion in advice if suggestion.ok and not suggestion.steps]
     return out
+
+
+def argv_key(argv: list[str]) -> str:
+    """The cache key of a command line (kvm_oracle.py computes the same)."""
+    return hashlib.sha256("\0".join(argv).encode()).hexdigest()[:10]
 
 
 def progress(line: str) -> None:
@@ -185,6 +199,13 @@ def main() -> int:
             entry["qemu"] = run_qemu(case["argv"], spec["dtb"], case.get("qom", False),
                                      spec.get("timeout", 60))
         entry["kvmppc"] = kvmppc_answer(case["argv"], probe)
+        # Re-check kvmppc's first piece of advice with QEMU itself (unless the host has it).
+        advice = entry["kvmppc"].get("advice") or []
+        if entry["kvmppc"]["verdict"] == "no" and advice:
+            argv = advice[0]["argv"]
+            if argv_key(argv) not in spec.get("advice_cached", ()):
+                entry["advice_qemu"] = {"argv": argv, **run_qemu(
+                    argv, spec["dtb"], False, spec.get("timeout", 60))}
         results.append(entry)
         progress(f"kvm-diff: {case['id']} qemu={entry.get('qemu', {}).get('rc', 'cached')}"
                  f" kvmppc={entry['kvmppc']['verdict']}")
