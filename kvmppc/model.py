@@ -180,6 +180,18 @@ class PvInfo:
 
 
 @dataclass(frozen=True)
+class MemoryInfo:
+    """What the kernel lets a process commit: ``/proc/meminfo`` (bytes) and
+    ``/proc/sys/vm/overcommit_memory`` (0 guess, 1 always, 2 never)."""
+
+    mem_total: int | None = None
+    swap_total: int | None = None
+    overcommit_memory: int | None = None
+    commit_limit: int | None = None
+    committed_as: int | None = None
+
+
+@dataclass(frozen=True)
 class HostInfo:
     """The host CPU, kernel and MMU as ``/proc/cpuinfo`` and uname describe them."""
 
@@ -194,6 +206,8 @@ class HostInfo:
     # ``qemu-system-ppc64 --version`` ("10.0.13"), None when not installed or not probed
     # (profiles taken before kvmppc recorded it load with None)
     qemu_version: str | None = None
+    # What QEMU's anonymous guest RAM may commit (probes from before the field: None)
+    memory: MemoryInfo | None = None
 
     @property
     def is_powerpc(self) -> bool:
@@ -310,8 +324,11 @@ class ProbeResult:
 
     def to_json(self, *, indent: int | None = 2) -> str:
         data = jsonable(self)
+        # Fields added later are left out when empty, so older profiles round-trip as written.
         if data["provenance"] is None:
-            del data["provenance"]  # a live probe (or a captured profile) as before the field
+            del data["provenance"]
+        if data["host"]["memory"] is None:
+            del data["host"]["memory"]
         return json.dumps(data, indent=indent, sort_keys=False)
 
     @classmethod

@@ -113,10 +113,10 @@ def test_memory_backends_become_backends() -> None:
         ("memory-backend-memfd", "m2", "1G", None, "none", None),
     ]
     assert (req.backends[2].hugetlb, req.backends[2].hugetlbsize) == (True, "2M")
-    # libvirt 9.0's anonymous machine backend of -m's size is QEMU's own default RAM.
     req = request("qemu-system-ppc64", "-m", "512", "-object",
                   "memory-backend-ram,id=r,size=512M", "-M", "pseries,memory-backend=r")
-    assert (req.mem_paths, req.backends, req.memory) == ((), (), "512")
+    assert [(b.qom_type, b.id, b.use) for b in req.backends] == [
+        ("memory-backend-ram", "r", "ram")]
     req = request("qemu-system-ppc64", "-object", "memory-backend-file,id=r,size=1G,"
                   "mem-path=/hp", "-M", "pseries,memory-backend=r")
     assert [(b.mem_path, b.use) for b in req.backends] == [("/hp", "ram")]

@@ -12,6 +12,7 @@ tests/test_policy_memory_qemu.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from policy_hosts import POWER8_PVR, GiB, KiB, hv_host
@@ -347,3 +348,69 @@ def test_other_profiles_are_captured() -> None:
     for name, text in describe_shipped():
         if name != "power9-radix-hv-powernv":
             assert text.endswith(": captured"), name
+
+
+# --- anonymous RAM the kernel will not commit ------------------------------------------------
+
+
+def _with_memory(probe: ProbeResult, **fields: int) -> ProbeResult:
+    from dataclasses import replace  # noqa: PLC0415 - one use
+
+    from kvmppc.model import MemoryInfo  # noqa: PLC0415 - one use
+
+    return replace(probe, host=replace(probe.host, memory=MemoryInfo(**fields)))
+
+
+# A 4 GiB guest kernel (the harness's L1): MemTotal a little under 4 GiB, no swap.
+L1 = _with_memory(HV64, mem_total=(4 << 30) - (180 << 20), swap_total=0, overcommit_memory=0)
+
+
+def test_overcommit_guess_refuses_more_than_ram_and_swap() -> None:
+    """The harness's real runs (HV and PR L1s of 4 GiB): -m 4G gives "cannot set up guest
+    memory 'ppc_spapr.ram': Cannot allocate memory" (softmmu/physmem.c ram_block_add), the
+    kernel's OVERCOMMIT_GUESS (mm/util.c __vm_enough_memory: pages > totalram + swap), at board
+    init, before the page-size checks; a named backend is named by its id."""
+    result = run_argv(L1, "-M", "pseries,cap-hpt-max-page-size=16M", "-m", "4G")
+    assert messages(result)[0] == ("cannot set up guest memory 'ppc_spapr.ram': Cannot allocate"
+                                   " memory")
+    assert result.errors[0].kind == K.OVERCOMMIT
+    assert messages(run_argv(L1, "-m", "3G")) == []
+    named = run_argv(L1, "-object", "memory-backend-ram,id=m0,size=4G", "-object",
+                     "memory-backend-ram,id=m1,size=1G", "-M", "pseries,memory-backend=m0")
+    assert messages(named) == ["cannot set up guest memory 'm0': Cannot allocate memory"]
+    # each mapping is weighed alone in mode 0: two 3 GiB nodes pass
+    assert messages(run_argv(L1, "-m", "6G", "-object", "memory-backend-ram,id=a,size=3G",
+                             "-object", "memory-backend-ram,id=b,size=3G", "-numa",
+                             "node,memdev=a", "-numa", "node,memdev=b")) == []
+    # RAM and swap: 4096 - 180 = 3916 MiB; the largest multiple of 256 MiB in it is 3840 MiB.
+    fixes = {s.change.split(" (")[0]: s for s in result.advice.suggestions}
+    # (the 16M cap still needs hugepages: the change lifts the RAM refusal, not that one)
+    assert K.OVERCOMMIT not in fixes["give the guest at most 3840M of RAM"].result.error_kinds
+    assert fixes["let the kernel overcommit"].steps == ("sysctl vm.overcommit_memory=1",)
+
+
+def test_overcommit_modes_always_and_never() -> None:
+    """Mode 1 (OVERCOMMIT_ALWAYS) commits anything; mode 2 (NEVER) sums every commitment
+    against CommitLimit (mm/util.c __vm_enough_memory)."""
+    always = _with_memory(HV64, mem_total=1 << 30, swap_total=0, overcommit_memory=1)
+    assert messages(run_argv(always, "-m", "64G")) == []
+    never = _with_memory(HV64, mem_total=8 << 30, swap_total=0, overcommit_memory=2,
+                         commit_limit=6 << 30, committed_as=1 << 30)
+    assert messages(run_argv(never, "-m", "4G")) == []
+    result = run_argv(never, "-m", "6G", "-object", "memory-backend-ram,id=a,size=3G",
+                      "-object", "memory-backend-ram,id=b,size=3G", "-numa", "node,memdev=a",
+                      "-numa", "node,memdev=b")
+    assert messages(result) == ["cannot set up guest memory 'b': Cannot allocate memory"]
+
+
+def test_probe_reads_meminfo_and_the_overcommit_mode(tmp_path: Path) -> None:
+    from kvmppc.probe import ProbePaths, probe_memory  # noqa: PLC0415 - one use
+
+    (tmp_path / "sys/vm").mkdir(parents=True)
+    (tmp_path / "sys/vm/overcommit_memory").write_text("0\n")
+    (tmp_path / "meminfo").write_text(
+        "MemTotal:        4009600 kB\nMemFree:          100 kB\nSwapTotal:             0 kB\n"
+        "CommitLimit:     2004800 kB\nCommitted_AS:     512000 kB\n")
+    info = probe_memory(ProbePaths(proc=str(tmp_path)))
+    assert (info.mem_total, info.swap_total, info.overcommit_memory, info.commit_limit,
+            info.committed_as) == (4009600 * 1024, 0, 0, 2004800 * 1024, 512000 * 1024)

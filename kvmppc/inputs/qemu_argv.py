@@ -513,14 +513,6 @@ def _accel_mode(state: _State) -> tuple[str | None, str]:
     return "kvm", source
 
 
-def _plain_ram(state: _State, object_id: str, ram_text: str | None) -> bool:
-    backend = state.objects[object_id]
-    if backend.qom_type != "memory-backend-ram" or object_id in state.numa_memdevs:
-        return False
-    size = _size_of(backend)
-    return ram_text is None or _ram_size(ram_text) == size
-
-
 _MODELLED_BACKENDS = ("memory-backend-ram", "memory-backend-file", "memory-backend-memfd")
 
 
@@ -622,16 +614,6 @@ def _finish(argv: tuple[str, ...], state: _State) -> Translation:
             raise CommandLineError(f"Memory backend '{memdev}' not found" if main_backend ==
                                    memdev else f"-numa node,memdev={memdev}: memdev={memdev}"
                                    " is ambiguous")
-    if main_backend is not None and _plain_ram(state, main_backend, ram_text):
-        # What libvirt 9.0 writes for every domain: the same anonymous RAM QEMU would create
-        # for -m itself (hw/core/machine.c create_default_memdev makes a memory-backend-ram).
-        size = _size_of(state.objects[main_backend])
-        del state.objects[main_backend]
-        if ram_text is None:
-            request_fields["memory"] = f"{size}B"
-        state.notes.append(f"memory-backend={main_backend}: anonymous RAM of -m's size, as"
-                           " QEMU's own default")
-        main_backend = None
     specs = _backend_specs(state, main_backend)
     if specs:
         request_fields["backend"] = specs

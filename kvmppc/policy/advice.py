@@ -290,6 +290,8 @@ def memory_suggestions(probe: ProbeResult, result: CheckResult) -> list[Suggesti
                 _pool_grown(probe, size, pages), result, f"add {format_bytes(size)} hugepages"
                 f" to the pool ({pages} free pages for {format_bytes(ram)} of RAM)", request,
                 steps=steps, hugepage_size=size))
+    if K.OVERCOMMIT in kinds and probe.host.memory is not None:
+        out += _overcommit_suggestions(probe, result, ram)
     if K.HOTPLUG in kinds and request.slots is not None:
         vm = probe.vm_type(result.vm_type) if result.vm_type else None
         limit = max_hotplug_slots(vm.caps if vm is not None and result.accel == "kvm" else None)
@@ -301,6 +303,28 @@ def memory_suggestions(probe: ProbeResult, result: CheckResult) -> list[Suggesti
         if hotplug is not None:
             out.append(_suggest(probe, result, f"give maxmem={hotplug.maxmem} (at least -m, a"
                                 " multiple of 256 MiB)", hotplug))
+    return out
+
+
+def _overcommit_suggestions(probe: ProbeResult, result: CheckResult,
+                            ram: int) -> list[Suggestion]:
+    """Anonymous RAM the kernel will not commit (mm/util.c __vm_enough_memory): less RAM, or
+    the kernel told to allow it (vm.overcommit_memory=1), each replayed."""
+    info = probe.host.memory
+    assert info is not None
+    out: list[Suggestion] = []
+    if info.overcommit_memory == 0 and info.mem_total is not None and not result.request.backends:
+        room = info.mem_total + (info.swap_total or 0)
+        smaller = room // SPAPR_MEMORY_BLOCK_SIZE * SPAPR_MEMORY_BLOCK_SIZE
+        if 0 < smaller < ram:
+            out.append(_suggest(
+                probe, result, f"give the guest at most {format_size(smaller)} of RAM (this"
+                f" host's RAM and swap: {format_bytes(room)})",
+                replace(result.request, memory=format_size(smaller))))
+    lenient = replace(probe, host=replace(probe.host, memory=replace(info, overcommit_memory=1)))
+    out.append(_suggest(
+        lenient, result, "let the kernel overcommit (vm.overcommit_memory=1), or add swap",
+        result.request, steps=("sysctl vm.overcommit_memory=1",)))
     return out
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmppc.errors import UsageError
-from kvmppc.model import HugepageInfo, ProbeResult
+from kvmppc.model import HugepageInfo, MemoryInfo, ProbeResult
 from kvmppc.policy.backing import Backing, resolve_backing
 from kvmppc.policy.sizes import qemu_strtosz
 
@@ -256,6 +256,28 @@ class PoolLedger:
 
     hugepages: HugepageInfo
     taken: dict[int, int] = field(default_factory=dict)
+    memory: MemoryInfo | None = None
+    committed: int = 0
+
+    def commit(self, size: int) -> bool:
+        """mm/util.c ``__vm_enough_memory`` for a private writable anonymous mapping of
+        ``size`` bytes (QEMU's RAM without a file: util/mmap-alloc.c ``mmap_activate``).
+        OVERCOMMIT_GUESS (0): each mapping at most RAM + swap; ALWAYS (1): anything; NEVER (2):
+        all commitments within CommitLimit (QEMU runs as root: no admin reserve).  Unknown
+        (a probe without the figures): allowed."""
+        info = self.memory
+        if info is None or info.overcommit_memory is None or info.overcommit_memory == 1:
+            return True
+        if info.overcommit_memory == 0:
+            if info.mem_total is None:
+                return True
+            return size <= info.mem_total + (info.swap_total or 0)
+        if info.commit_limit is None or info.committed_as is None:
+            return True
+        if info.committed_as + self.committed + size > info.commit_limit:
+            return False
+        self.committed += size
+        return True
 
     def reserve(self, page_size: int, pages: int) -> bool:
         pool = self.hugepages.pool(page_size)
@@ -306,7 +328,13 @@ def create_backend(probe: ProbeResult, backend: MemoryBackend, size: int, *, kvm
     """
     base = probe.host.base_page_size
     if backend.qom_type == "memory-backend-ram":
-        return Created(Backing(None, base, "anonymous (memory-backend-ram)"))
+        backing = Backing(None, base, "anonymous (memory-backend-ram)")
+        if not ledger.commit(_round_up(size, base)):
+            # softmmu/physmem.c ram_block_add; the region is named after the backend's id
+            # (hw/core/machine.c create_default_memdev: the machine's "ppc_spapr.ram").
+            return Created(backing, f"cannot set up guest memory '{backend.id or DEFAULT_RAM_ID}':"
+                           " Cannot allocate memory", "overcommit")
+        return Created(backing)
     if backend.qom_type == "memory-backend-memfd":
         if not backend.hugetlb:
             backing = Backing(None, base, "memfd (shmem, base pages)")
@@ -347,6 +375,7 @@ def create_backend(probe: ProbeResult, backend: MemoryBackend, size: int, *, kvm
     return Created(backing)
 
 
+DEFAULT_RAM_ID = "ppc_spapr.ram"  # hw/ppc/spapr.c mc->default_ram_id
 MSG_SYNC_MMU = "host lacks kvm mmu notifiers, -mem-path unsupported"
 MSG_NO_MEMORY = "unable to map backing store for guest RAM: Cannot allocate memory"
 

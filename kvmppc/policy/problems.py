@@ -37,6 +37,7 @@ class ProblemKind(enum.Enum):
     BACKEND_PAGE = "backend-page"  # a backend smaller than (or not a multiple of) its page
     HUGEPAGE_POOL = "hugepage-pool"  # mapping a hugetlbfs backend: the pool lacks pages
     HOTPLUG = "hotplug"  # -m slots/maxmem against spapr's memslot limit
+    OVERCOMMIT = "overcommit"  # anonymous guest RAM beyond what the kernel lets QEMU commit
     VSMT = "vsmt"  # spapr_set_vsmt_mode: KVM's SMT mode for the machine's VSMT
 
 

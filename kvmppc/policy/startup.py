@@ -63,6 +63,7 @@ from kvmppc.policy.machines import (
     qemu_models,
 )
 from kvmppc.policy.memory import (
+    DEFAULT_RAM_ID,
     Created,
     MemoryBackend,
     PoolLedger,
@@ -174,7 +175,7 @@ def replay(probe: ProbeResult, request: CheckRequest,
         qemu_models(choice.table),
     )
     s.resolve = resolve
-    s.ledger = PoolLedger(probe.hugepages)
+    s.ledger = PoolLedger(probe.hugepages, memory=probe.host.memory)
     for note in choice.notes:
         s.log.note(note)
     if probe.provenance is not None and probe.provenance.derived:
@@ -343,7 +344,7 @@ def _create(s: _Startup, backend: MemoryBackend, size: int) -> Created:
 
 
 _CREATE_KINDS = {"sync-mmu": K.SYNC_MMU, "page-size": K.BACKEND_PAGE, "pool": K.HUGEPAGE_POOL,
-                 "memfd": K.BACKEND_PAGE, "statfs": K.STATFS}
+                 "memfd": K.BACKEND_PAGE, "statfs": K.STATFS, "overcommit": K.OVERCOMMIT}
 
 
 def _record_created(s: _Startup, created: Created, what: str) -> None:
@@ -466,10 +467,10 @@ def _board_memory(s: _Startup) -> None:
                       "Machine memory size does not match the size of the memory backend")
     elif not numa and s.ram:
         path = request.mem_paths[0] if len(request.mem_paths) == 1 else None
-        if path is not None or s.kvm is not None:
-            kind = "memory-backend-file" if path else "memory-backend-ram"
-            created = _create(s, MemoryBackend(kind, f"{s.ram}B", mem_path=path), s.ram)
-            _record_created(s, created, path or "guest RAM")
+        kind = "memory-backend-file" if path else "memory-backend-ram"
+        created = _create(s, MemoryBackend(kind, f"{s.ram}B", mem_path=path,
+                                           id=None if path else DEFAULT_RAM_ID), s.ram)
+        _record_created(s, created, path or "guest RAM")
     elif len(request.mem_paths) > 1 and not _sync_mmu(s):
         log.error(K.SYNC_MMU, "host lacks kvm mmu notifiers, -mem-path unsupported")
     if numa:
