@@ -9,27 +9,17 @@ the cap's value.  The expected values are QEMU's runs; nothing here comes from k
 
 from __future__ import annotations
 
-import functools
-import os
 from collections import Counter
 
 import pytest
 
 from tests.conftest import skip_or_fail
 from tests.powerguest import harness, kvm_oracle
-from tests.powerguest.kvm_oracle import ORACLE_CONFIGS, Case, OracleRun
+from tests.powerguest.kvm_oracle import ORACLE_CONFIGS, Case
 
 pytestmark = pytest.mark.powerguest
 
-FULL = os.environ.get("KVMPPC_KVM_MATRIX") == "full"
-
-
-@functools.cache
-def oracle_run(name: str) -> OracleRun | harness.HarnessError:
-    try:
-        return kvm_oracle.run(name, full=FULL)
-    except harness.HarnessError as exc:
-        return exc
+FULL = kvm_oracle.FULL_MATRIX
 
 
 def _cases() -> list[tuple[str, Case]]:
@@ -43,7 +33,7 @@ def test_kvmppc_answers_as_qemu_under_kvm(config: str, case: Case,
                                          request: pytest.FixtureRequest) -> None:
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
-        outcome = oracle_run(config)
+        outcome = kvm_oracle.session(config)
     if isinstance(outcome, harness.HarnessError):
         skip_or_fail(config, outcome)
         raise AssertionError("unreachable")

@@ -102,6 +102,7 @@ def comparable(probe: dict[str, Any]) -> dict[str, Any]:
     for volatile in ("probed_at", "duration_s", "kvmppc_version", "source"):
         data.pop(volatile, None)
     data["host"].pop("kernel_release", None)
+    data["host"].pop("qemu_version", None)  # the userland's QEMU, not the kernel's answer
     for pool in data["hugepages"]["pools"]:
         for count in ("free", "reserved", "surplus"):
             pool.pop(count, None)

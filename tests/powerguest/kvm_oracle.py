@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import gzip
 import hashlib
 import itertools
 import json
+import os
 import shlex
 import sys
 import time
@@ -48,13 +50,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from kvmppc.model import ProbeResult
 from tests.powerguest import harness
-from tests.powerguest.battery import GuestCommand
+from tests.powerguest.battery import GuestCommand, commands_for
 from tests.powerguest.guest.kvm_diff import argv_key, kvmppc_answer
 
 CASES_FILE = harness.HERE / "kvm_cases.toml"
 PREFIX = "qemu-system-ppc64: "
 QEMU_TIMEOUT = 60  # seconds for one QEMU run in the guest (about 1 s is usual)
-GUEST_MEMORY = "4G"  # room for the hugepage pools below and QEMU's own
 # Reserved in the guest and mounted at /mnt/hp-<size>: radix hosts have 2 MiB and 1 GiB
 # pages, hash hosts 16 MiB ones (a size the kernel lacks is skipped).
 HUGEPAGES = {
@@ -72,6 +73,11 @@ class Case:
     argv: tuple[str, ...]  # after "qemu-system-ppc64"
     kinds: frozenset[str]
     in_slice: bool
+
+    @property
+    def key(self) -> str:
+        """What QEMU's cached result is filed under: the command line's hash."""
+        return argv_key(list(self.argv))
 
     @property
     def gives_cap(self) -> bool:
@@ -95,7 +101,7 @@ def load_cases(path: Path = CASES_FILE) -> list[Case]:
             if cpu:
                 argv += ["-cpu", cpu]
             argv += shlex.split(memory) + list(group.get("extra", []))
-            digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:10]
+            digest = argv_key(argv)
             case_id = f"{group['name']}-{index:02d}-{digest}"
             if digest in seen:
                 raise ValueError(f"{path.name}: {shlex.join(argv)} is in two groups")
@@ -124,7 +130,7 @@ def _qemu_cache(config: harness.GuestConfig, kernel: harness.Kernel, qemu_layer:
 
 
 def _cached(cache: Path, case: Case) -> dict[str, Any] | None:
-    path = cache / f"{case.id}.json"
+    path = cache / f"{case.key}.json"
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text())
@@ -147,6 +153,7 @@ class OracleRun:
     qemu_runs: int  # QEMU runs made in this boot (the rest came from the cache)
     guest_seconds: float
     cache: Path  # QEMU's results for this config, kernel and QEMU layer
+    boot: harness.GuestRun  # the boot itself, with the battery's results when it ran
 
     def disagreements(self, case: Case) -> list[str]:
         answer = self.kvmppc[case.id]
@@ -154,8 +161,11 @@ class OracleRun:
 
 
 def run(config_name: str, *, full: bool = False, timeout: float | None = None,
-        echo: bool = False) -> OracleRun:
-    """Boot ``config_name`` with QEMU inside, run its cases, return both sides' answers."""
+        echo: bool = False, with_battery: bool = False) -> OracleRun:
+    """Boot ``config_name`` with QEMU inside, run its cases, return both sides' answers.
+
+    ``with_battery``: run the config's battery (battery.py) first in the same boot, so the
+    test session boots each config once (:func:`session`)."""
     config = harness.CONFIGS[config_name]
     cases = cases_for(config, full)
     kernel = harness.kernel_named(config.kernel)
@@ -177,11 +187,13 @@ def run(config_name: str, *, full: bool = False, timeout: float | None = None,
     limit = timeout or 300 + 4 * len(todo) + len(cases)
     command = GuestCommand("kvm-diff", "python3 /opt/kvmppc-guest/kvm_diff.py",
                            timeout=int(limit))
+    battery = list(commands_for(config.kind)) if with_battery else []
     started = time.monotonic()
     boot = harness.run_in_guest(
-        config, [command], timeout=limit + 60, echo=echo, extra_layers=[qemu_layer],
-        files={"etc/kvmppc-guest/kvm-cases.json": json.dumps(spec).encode()},
-        memory=GUEST_MEMORY)
+        config, [*battery, command],
+        timeout=limit + 60 + sum(c.timeout for c in battery) / 4, echo=echo,
+        extra_layers=[qemu_layer],
+        files={"etc/kvmppc-guest/kvm-cases.json": json.dumps(spec).encode()})
     result = boot.result("kvm-diff")
     if result.rc != 0:
         raise harness.HarnessError(f"{config_name}: kvm_diff.py exited {result.rc}:\n"
@@ -199,7 +211,7 @@ def run(config_name: str, *, full: bool = False, timeout: float | None = None,
                     f"{config_name}: QEMU ran out of {QEMU_TIMEOUT} s on {case.command_line}")
             qemu[case.id] = entry["qemu"]
             record = {"argv": list(case.argv), "kernel": boot.kernel_release, **entry["qemu"]}
-            (cache / f"{case.id}.json").write_text(json.dumps(record, indent=1))
+            (cache / f"{case.key}.json").write_text(json.dumps(record, indent=1))
         else:
             qemu[case.id] = cached[case.id] or {}
         if "advice_qemu" in entry:
@@ -208,7 +220,20 @@ def run(config_name: str, *, full: bool = False, timeout: float | None = None,
                 json.dumps(record, indent=1))
     (cache / "probe.json").write_text(json.dumps(document["probe"], indent=1))
     return OracleRun(config, boot.kernel_release, document["probe"], qemu, kvmppc, cases,
-                     time.monotonic() - started, len(todo), boot.seconds, cache)
+                     time.monotonic() - started, len(todo), boot.seconds, cache, boot)
+
+
+FULL_MATRIX = os.environ.get("KVMPPC_KVM_MATRIX") == "full"
+
+
+@functools.cache
+def session(config_name: str) -> OracleRun | harness.HarnessError:
+    """The test session's one boot of ``config_name``: battery and cases (CI's slice, or the
+    whole matrix with KVMPPC_KVM_MATRIX=full), or why there is none."""
+    try:
+        return run(config_name, full=FULL_MATRIX, with_battery=True)
+    except harness.HarnessError as exc:
+        return exc
 
 
 # --------------------------------------------------------------------------------------------

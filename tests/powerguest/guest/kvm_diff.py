@@ -28,6 +28,7 @@ from kvmppc.inputs.answer import judge
 from kvmppc.inputs.qemu_argv import translate_argv
 from kvmppc.model import jsonable
 from kvmppc.probe import probe as live_probe
+from kvmppc.qemu_versions import choose
 from kvmppc.render import qemu_args
 
 QEMU = "/usr/bin/qemu-system-ppc64"
@@ -147,8 +148,10 @@ def _run(command: list[str], qmp: list[dict[str, Any]], timeout: float) -> dict[
 
 
 def kvmppc_answer(argv: list[str], probe: Any) -> dict[str, Any]:
+    # As `kvmppc check -- qemu-system-ppc64 ...` does: read as the installed QEMU's release.
+    release = choose(None, probe.host.qemu_version).version
     try:
-        answer = judge(translate_argv(["qemu-system-ppc64", *argv]), probe)
+        answer = judge(translate_argv(["qemu-system-ppc64", *argv], release), probe)
     except UsageError as exc:
         return {"verdict": "usage error", "usage_error": str(exc)}
     out: dict[str, Any] = {"verdict": answer.verdict,
