@@ -33,6 +33,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from kvmppc.profiles import describe_shipped  # noqa: PLC0415 - see the module's docstring
+
+    for name, text in describe_shipped():
+        print(f"{name}: {text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvmppc",
@@ -59,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     probe_parser.add_argument("--device", default="/dev/kvm",
                               help="KVM device (default %(default)s)")
     probe_parser.set_defaults(func=_cmd_probe)
+
+    profiles_parser = sub.add_parser(
+        "profiles", help="list the shipped host profiles (captured or derived)",
+        description="The host profiles shipped with kvmppc, for --host-profile NAME: each"
+        " kernel's host, and whether it was captured from a running kernel or derived from"
+        " the kernel's source (a host that cannot run here).")
+    profiles_parser.set_defaults(func=_cmd_profiles)
 
     cli_policy.register(sub)
     daemon_cli.register(sub)

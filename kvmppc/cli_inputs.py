@@ -107,7 +107,9 @@ def cmd_check_inputs(args: argparse.Namespace) -> int:
 
             translation = dataclasses.replace(translation, request=dataclasses.replace(
                 translation.request, qemu_version=args.qemu_version))
-        answer = judge(translation, probe, backings)
+        # The memory backends' mem-paths, statfs'd live too.
+        resolve = (lambda path: live_backing(probe, path)) if live else None
+        answer = judge(translation, probe, backings, resolve=resolve)
     except (UsageError, ProfileError) as exc:
         return _fail(str(exc))
     if args.json:

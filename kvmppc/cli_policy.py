@@ -91,6 +91,22 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qemu-version", metavar="7.2|10.0",
                         help="the QEMU release to answer for (default: the one the probe found"
                         " installed, else the newest modelled)")
+    add_memory_arguments(parser)
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """Guest RAM beyond -m and -mem-path: memory backends and hotplug (the ``backend``,
+    ``maxmem`` and ``slots`` query parameters)."""
+    parser.add_argument(
+        "--backend", metavar="SPEC", action="append", default=[],
+        help="a memory backend as QEMU's -object text (repeatable):"
+        " memory-backend-ram|file|memfd,size=SIZE[,mem-path=PATH][,hugetlb=on]"
+        "[,hugetlbsize=SIZE][,use=ram|numa|none][,node=N]; one backend is the machine's RAM"
+        " (-machine memory-backend=), several are NUMA nodes' memdevs in order; use=none is"
+        " created but not mapped")
+    parser.add_argument("--maxmem", metavar="SIZE",
+                        help="-m maxmem= (hotpluggable memory up to SIZE)")
+    parser.add_argument("--slots", metavar="N", help="-m slots= (memory hotplug slots)")
 
 
 def check_params(args: argparse.Namespace, *, absolute_paths: bool) -> dict[str, str | list[str]]:
@@ -107,6 +123,11 @@ def check_params(args: argparse.Namespace, *, absolute_paths: bool) -> dict[str,
         params["mem_path"] = [
             os.path.abspath(path) if absolute_paths else path for path in args.mem_path
         ]
+    for key in ("maxmem", "slots"):
+        if getattr(args, key, None) is not None:
+            params[key] = getattr(args, key)
+    if getattr(args, "backend", None):
+        params["backend"] = list(args.backend)
     return params
 
 
@@ -157,7 +178,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         request = CheckRequest.from_params(params)
         probe = load_probe(args.host_profile)
         backings = [live_backing(probe, p) for p in mem_paths] if live and mem_paths else None
-        result = check(probe, request, backings)
+        resolve = (lambda path: live_backing(probe, path)) if live else None
+        result = check(probe, request, backings, resolve=resolve)
     except (UsageError, ProfileError) as exc:
         return _fail_usage(str(exc))
     if args.json:

@@ -75,10 +75,7 @@ def _ask_daemon(config: HookConfig, xml: bytes) -> Answer:
         request = translation.request
         if request is None:
             return Answer(translation, None)
-        params = {key: value for key, value in request.to_dict().items()
-                  if value not in (None, [])}
-        if "mem_paths" in params:
-            params["mem_path"] = params.pop("mem_paths")
+        params = request.to_params()
         status, body, _headers = client.request("GET", "/v1/check", params)
         if status != 200 or not isinstance(body, dict):
             raise KvmppcError(f"the daemon answered GET /v1/check with {status}: {body}")

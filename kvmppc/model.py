@@ -180,6 +180,18 @@ class PvInfo:
 
 
 @dataclass(frozen=True)
+class MemoryInfo:
+    """What the kernel lets a process commit: ``/proc/meminfo`` (bytes) and
+    ``/proc/sys/vm/overcommit_memory`` (0 guess, 1 always, 2 never)."""
+
+    mem_total: int | None = None
+    swap_total: int | None = None
+    overcommit_memory: int | None = None
+    commit_limit: int | None = None
+    committed_as: int | None = None
+
+
+@dataclass(frozen=True)
 class HostInfo:
     """The host CPU, kernel and MMU as ``/proc/cpuinfo`` and uname describe them."""
 
@@ -194,6 +206,8 @@ class HostInfo:
     # ``qemu-system-ppc64 --version`` ("10.0.13"), None when not installed or not probed
     # (profiles taken before kvmppc recorded it load with None)
     qemu_version: str | None = None
+    # What QEMU's anonymous guest RAM may commit (probes from before the field: None)
+    memory: MemoryInfo | None = None
 
     @property
     def is_powerpc(self) -> bool:
@@ -280,6 +294,22 @@ class KvmInfo:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a host profile comes from.  ``kind`` "captured": a real kernel's own answers (a
+    probe); "derived": written from the kernel's source where no such host could be run,
+    from the captured profile ``derived_from``, changed as ``why`` says, per ``sources``."""
+
+    kind: str
+    derived_from: str | None = None
+    why: str = ""
+    sources: tuple[str, ...] = ()
+
+    @property
+    def derived(self) -> bool:
+        return self.kind == "derived"
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     host: HostInfo
     hugepages: HugepageInfo
@@ -289,9 +319,17 @@ class ProbeResult:
     source: str = "live"  # "live", or "profile:NAME" when replayed
     kvmppc_version: str = ""
     schema_version: int = SCHEMA_VERSION
+    # None: a live probe, or a profile from before the field (captured).
+    provenance: Provenance | None = None
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(jsonable(self), indent=indent, sort_keys=False)
+        data = jsonable(self)
+        # Fields added later are left out when empty, so older profiles round-trip as written.
+        if data["provenance"] is None:
+            del data["provenance"]
+        if data["host"]["memory"] is None:
+            del data["host"]["memory"]
+        return json.dumps(data, indent=indent, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ProbeResult":

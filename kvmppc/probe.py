@@ -32,6 +32,7 @@ from kvmppc.model import (
     HugepagePool,
     HugetlbfsMount,
     KvmInfo,
+    MemoryInfo,
     PageSize,
     ProbeResult,
     SegmentPageSizes,
@@ -147,7 +148,13 @@ def probe_host(paths: ProbePaths, *, machine: str, base_page_size: int) -> HostI
     cpu_model, pvr, platform, mmu = (
         fields["cpu_model"], fields["pvr"], fields["platform"], fields["mmu"],
     )
+    memory = None
+    try:
+        memory = probe_memory(paths)
+    except (OSError, ValueError) as exc:
+        errors.append(f"meminfo: {exc}")
     return HostInfo(
+        memory=memory,
         arch=machine,
         kernel_release=release,
         cpu_model=cpu_model if isinstance(cpu_model, str) else None,
@@ -158,6 +165,22 @@ def probe_host(paths: ProbePaths, *, machine: str, base_page_size: int) -> HostI
         error="; ".join(errors) or None,
         qemu_version=probe_qemu_version(paths.qemu),
     )
+
+
+_MEMINFO_KEYS = {"MemTotal": "mem_total", "SwapTotal": "swap_total",
+                 "CommitLimit": "commit_limit", "Committed_AS": "committed_as"}
+
+
+def probe_memory(paths: ProbePaths) -> MemoryInfo:
+    """``/proc/meminfo``'s totals and the overcommit mode: what mm/util.c
+    ``__vm_enough_memory`` weighs an anonymous mapping (QEMU's RAM) against."""
+    values: dict[str, int] = {}
+    for line in _read(Path(paths.proc, "meminfo")).splitlines():
+        key, _, rest = line.partition(":")
+        if key in _MEMINFO_KEYS:
+            values[_MEMINFO_KEYS[key]] = int(rest.split()[0]) * 1024  # kB
+    mode = int(_read(Path(paths.proc, "sys/vm/overcommit_memory")).strip())
+    return MemoryInfo(overcommit_memory=mode, **values)
 
 
 # --------------------------------------------------------------------------------------------

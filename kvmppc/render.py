@@ -13,6 +13,7 @@ from typing import Any
 
 from kvmppc import __version__
 from kvmppc.model import VM_TYPES, ProbeResult, VmTypeInfo, smmu_flag_names
+from kvmppc.policy.backing import Backing
 from kvmppc.policy.guest_pages import PageSizes
 from kvmppc.policy.problems import Problem
 from kvmppc.policy.request import CheckRequest
@@ -76,10 +77,26 @@ def _vm_type_lines(vm: VmTypeInfo) -> list[str]:
     return lines
 
 
+def _ram_kind(backing: Backing) -> str:
+    """RAM without a mem-path: anonymous, or a memory backend's own kind (memfd, hugepages)."""
+    return backing.source if backing.source.startswith(("memfd", "anonymous")) else (
+        "anonymous RAM")
+
+
+def derived_text(probe: ProbeResult) -> str:
+    """One line saying a profile was derived from the kernel's source, from what, and why."""
+    prov = probe.provenance
+    assert prov is not None
+    base = f"from the captured profile {prov.derived_from}" if prov.derived_from else ""
+    return f"written from kernel source {base}: {prov.why}".replace("  ", " ")
+
+
 def render_probe(result: ProbeResult) -> str:
     """``kvmppc probe``'s text."""
     host, kvm, huge = result.host, result.kvm, result.hugepages
     lines = [f"kvmppc {result.kvmppc_version or __version__} probe ({result.source})"]
+    if result.provenance is not None and result.provenance.derived:
+        lines.append(f"DERIVED, not captured: {derived_text(result)}")
     cpu = host.cpu_model or "unknown CPU"
     if host.pvr is not None:
         cpu += f", PVR {host.pvr:#010x}"
@@ -198,6 +215,8 @@ def qemu_args(request: CheckRequest, result: CheckResult) -> tuple[str, ...]:
         options.append(f"cap-hpt-max-page-size={format_size(1 << result.max_page_shift)}")
     if result.accel == "kvm" and request.kvm_type:
         options.append(f"kvm-type={request.kvm_type}")
+    if request.backends:
+        return _qemu_args_with_backends(request, result, options)
     if len(request.mem_paths) == 1:
         options.append("memory-backend=ram0")
     args = ["-machine", ",".join(options), "-accel", result.accel]
@@ -205,12 +224,45 @@ def qemu_args(request: CheckRequest, result: CheckResult) -> tuple[str, ...]:
         args += ["-cpu", request.cpu]
     size = format_size(result.ram_size) if result.ram_size else request.memory
     if request.memory is not None or request.mem_paths:
-        args += ["-m", size or ""]
+        args += ["-m", (size or "") + _hotplug_options(request)]
+    elif request.maxmem is not None or request.slots is not None:
+        args += ["-m", "512M" + _hotplug_options(request)]
     for index, path in enumerate(request.mem_paths):
         args += [
             "-object",
             f"memory-backend-file,id=ram{index},size={size},mem-path={path},prealloc=on",
         ]
+    return tuple(args)
+
+
+def _hotplug_options(request: CheckRequest) -> str:
+    return "".join(f",{key}={value}" for key, value in (
+        ("slots", request.slots), ("maxmem", request.maxmem)) if value is not None)
+
+
+def _qemu_args_with_backends(request: CheckRequest, result: CheckResult,
+                             options: list[str]) -> tuple[str, ...]:
+    """Backends as ``-object``s, the machine's as ``memory-backend=``, the others as NUMA
+    nodes' memdevs (ids mem0, mem1, ... where none was given)."""
+    ids = [b.id or f"mem{i}" for i, b in enumerate(request.backends)]
+    options += [f"memory-backend={ids[i]}" for i, b in enumerate(request.backends)
+                if b.use == "ram"]
+    args = ["-machine", ",".join(options), "-accel", result.accel]
+    if request.cpu is not None:
+        args += ["-cpu", request.cpu]
+    if request.memory is not None or request.maxmem is not None or request.slots is not None:
+        size = format_size(result.ram_size) if result.ram_size else (request.memory or "512M")
+        args += ["-m", size + _hotplug_options(request)]
+    if request.mem_paths:
+        args += ["-mem-path", request.mem_paths[0]]
+    for i, backend in enumerate(request.backends):
+        spec = backend.to_spec().rsplit(",use=", 1)[0]
+        kind, _, rest = spec.partition(",")
+        if backend.id is None:
+            rest = f"id={ids[i]},{rest}"
+        args += ["-object", f"{kind},{rest}"]
+    args += [item for i, b in enumerate(request.backends) if b.use == "numa"
+             for item in ("-numa", f"node,memdev={ids[i]}")]
     return tuple(args)
 
 
@@ -385,7 +437,7 @@ def render_check(result: CheckResult) -> str:
             f" ({result.max_page_size_source})"
         )
     backing = ", ".join(
-        f"{format_bytes(b.page_size)} ({b.mem_path or 'anonymous RAM'}"
+        f"{format_bytes(b.page_size)} ({b.mem_path or _ram_kind(b)}"
         + (f" on hugetlbfs {b.mount}" if b.mount else "") + ")"
         for b in result.backings
     )

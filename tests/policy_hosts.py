@@ -88,6 +88,12 @@ def host(
     """A POWER host.  ``pools`` are (page size, total, free); ``mounts`` (path, page size).
     ``qemu_version``: the installed QEMU the probe recorded (Debian 12's 7.2 unless told), the
     release kvmppc answers for by default."""
+    # A hugetlbfs mount of a page size implies the kernel has that pool; where the test names
+    # no pool, give it room for any guest here (QEMU reserves a backend's pages when it maps
+    # it: softmmu/physmem.c file_ram_alloc, mm/hugetlb.c hugetlb_reserve_pages).
+    named = {size for size, _total, _free in pools}
+    pools = pools + tuple((size, 4096, 4096) for size in sorted({s for _p, s in mounts})
+                          if size not in named)
     vm_types: dict[str, VmTypeInfo] = {}
     if default is None:
         default = hv or pr

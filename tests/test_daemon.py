@@ -125,6 +125,9 @@ def _profile_with_mounts(tmp_path: Path) -> Path:
         {"path": "/dev/hugepages", "page_size": 2 << 20, "page_size_from": "statfs"},
         {"path": "/mnt/huge1g", "page_size": 1 << 30, "page_size_from": "statfs"},
     ]
+    # Pools with room for these guests: QEMU reserves a backend's hugepages when it maps it.
+    for pool in data["hugepages"]["pools"]:
+        pool["total"] = pool["free"] = 4096 if pool["page_size"] == 2 << 20 else 8
     path = tmp_path / "power9-mounts.json"
     path.write_text(json.dumps(data))
     return path

@@ -96,23 +96,35 @@ def test_accelerator(argv: list[str], accel: str | None) -> None:
     assert request(*argv).accel == accel
 
 
-def test_memory_backends_become_mem_paths() -> None:
+def test_memory_backends_become_backends() -> None:
+    """Every -object memory-backend-* in command-line order (QEMU creates each), with its
+    use: the NUMA nodes' memdevs by node, the machine's, or none."""
     req = request(
         "qemu-system-ppc64", "-accel", "kvm", "-m", "2G",
         "-object", "memory-backend-file,id=m0,size=1G,mem-path=/dev/hugepages,prealloc=on",
         "-object", '{"qom-type":"memory-backend-file","id":"m1","size":1073741824,'
                    '"mem-path":"/dev/hugepages/x"}',
-        "-numa", "node,nodeid=0,memdev=m0", "-numa", "node,nodeid=1,memdev=m1",
+        "-object", "memory-backend-memfd,id=m2,size=1G,hugetlb=on,hugetlbsize=2M",
+        "-numa", "node,nodeid=0,memdev=m1", "-numa", "node,nodeid=1,memdev=m0",
     )
-    assert req.mem_paths == ("/dev/hugepages", "/dev/hugepages/x")
+    assert [(b.qom_type, b.id, b.size, b.mem_path, b.use, b.node) for b in req.backends] == [
+        ("memory-backend-file", "m0", "1G", "/dev/hugepages", "numa", 1),
+        ("memory-backend-file", "m1", "1073741824", "/dev/hugepages/x", "numa", 0),
+        ("memory-backend-memfd", "m2", "1G", None, "none", None),
+    ]
+    assert (req.backends[2].hugetlb, req.backends[2].hugetlbsize) == (True, "2M")
     req = request("qemu-system-ppc64", "-m", "512", "-object",
                   "memory-backend-ram,id=r,size=512M", "-M", "pseries,memory-backend=r")
-    assert req.mem_paths == ()
+    assert [(b.qom_type, b.id, b.use) for b in req.backends] == [
+        ("memory-backend-ram", "r", "ram")]
     req = request("qemu-system-ppc64", "-object", "memory-backend-file,id=r,size=1G,"
                   "mem-path=/hp", "-M", "pseries,memory-backend=r")
-    assert (req.mem_paths, req.memory) == (("/hp",), "1073741824B")  # -m from the backend
+    assert [(b.mem_path, b.use) for b in req.backends] == [("/hp", "ram")]
+    assert req.memory is None  # softmmu/vl.c: -m comes from the backend
     assert request("kvm", "-mem-path", "/dev/hugepages", "-mem-prealloc").mem_paths == (
         "/dev/hugepages",)
+    req = request("kvm", "-m", "2G,slots=4,maxmem=8G")
+    assert (req.memory, req.slots, req.maxmem) == ("2G", "4", "8G")
 
 
 def test_kvm_type_cpu_and_machine() -> None:
@@ -141,12 +153,7 @@ def test_ignored_options_are_listed() -> None:
     (["-M", "pseries,cap-nested-hv=on"], "cap-nested-hv=on"),
     (["-M", "pseries,resize-hpt=required"], "resize-hpt=required"),
     (["-cpu", "POWER9,compat=power8"], "-cpu POWER9,compat=power8"),
-    (["-m", "2G,slots=4,maxmem=8G"], "slots, maxmem"),
-    (["-object", "memory-backend-memfd,id=m,size=512M,hugetlb=on,hugetlbsize=16M",
-      "-M", "pseries,memory-backend=m"], "hugetlb=on"),
-    (["-m", "2G", "-object", "memory-backend-ram,id=a,size=1G", "-object",
-      "memory-backend-file,id=b,size=1G,mem-path=/hp", "-numa", "node,memdev=a", "-numa",
-      "node,memdev=b"], "partly anonymous"),
+    (["-object", "memory-backend-epc,id=e,size=1G"], "memory-backend-epc is not modelled"),
     (["-readconfig", "guest.cfg"], "out of scope"),
     (["-global", "spapr-machine.cap-hpt-max-page-size=64k"], "-global"),
     (["-set", "machine.cap-hpt-max-page-size=4k"], "-set"),
@@ -212,13 +219,11 @@ QEMU_REFUSES = [
     ["-m"],
     ["-smp", "cpus=x"],
     ["-smp", "2,foo=1"],
-    ["-m", "1G,slots=2"],
     ["-object", "memory-backend-ram,id=m0"],
     ["-object", "memory-backend-ram,size=1G"],
     ["-M", "pseries", "-numa", "node,memdev=nope"],
     ["-M", "pseries", "-M", "memory-backend=nope"],
     ["-M", "pseries", "-mem-path", "/tmp", "-M", "memory-backend=x"],
-    ["-m", "1G", "-object", "memory-backend-ram,id=r,size=512M", "-M", "pseries,memory-backend=r"],
     ["-m", "1G", "-numa", "node,mem=1G", "-M", "pseries"],
 ]
 

@@ -88,7 +88,7 @@ def test_check_profile_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     path = tmp_path / "host.json"
     path.write_text(probe.to_json())
     assert run(["check", "--host-profile", str(path), "--max-page-size", "16M",
-                "--mem-path", "/dev/hugepages1G", "--json"]) == 0
+                "--mem-path", "/dev/hugepages1G", "--memory", "1G", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["backing_page_size"] == GiB
     assert data["backings"][0]["mount"] == "/dev/hugepages1G"

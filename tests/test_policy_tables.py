@@ -68,11 +68,16 @@ HV64 = hv_host(
         # 2 MiB hugepages allow a 2M cap, whose table is the 64K one.
         ({"max_page_size": "2M", "mem_paths": ("/dev/hugepages",)}, []),
         # §7.4, tp-qemu #2640: 1 GiB pages on POWER9 back a 16M guest.
-        ({"max_page_size": "16M", "mem_paths": ("/mnt/huge1G/vm1",)}, []),
+        # (1 GiB pages need at least 1 GiB of RAM: softmmu/physmem.c file_ram_alloc.)
+        ({"max_page_size": "16M", "mem_paths": ("/mnt/huge1G/vm1",), "memory": "1G"}, []),
+        # Issue 10, a real run: "memory size 0x20000000 must be equal to or larger than page
+        # size 0x40000000" (-m 512M on 1 GiB hugetlbfs), before any page-size check.
+        ({"max_page_size": "16M", "mem_paths": ("/mnt/huge1G/vm1",)},
+         ["memory size 0x20000000 must be equal to or larger than page size 0x40000000"]),
         # HV's table has no 16G segment (§5.1): the backing passes, kvm_check_mmu does not.
-        ({"max_page_size": "16G", "mem_paths": ("/mnt/huge1G",)},
+        ({"max_page_size": "16G", "mem_paths": ("/mnt/huge1G",), "memory": "2G"},
          [cant(16 * 1024 * 1024, 1024 * 1024), "KVM doesn't support for base page shift 34"]),
-        ({"max_page_size": "1G", "mem_paths": ("/mnt/huge1G",)}, []),
+        ({"max_page_size": "1G", "mem_paths": ("/mnt/huge1G",), "memory": "1G"}, []),
         # qemu_minrampagesize(): the smallest backend decides.
         ({"max_page_size": "16M", "mem_paths": ("/mnt/huge1G", "/dev/hugepages")},
          [cant(16384, 2048)]),
@@ -478,10 +483,12 @@ SUGGESTIONS = [
     (HV64, CheckRequest(max_page_size="16M"), [
         ("lower cap-hpt-max-page-size to 64K", True,
          ("-machine", "pseries,cap-hpt-max-page-size=64K", "-accel", "kvm")),
-        ("back guest RAM with 1 GiB hugepages (/mnt/huge1G)", True,
+        # softmmu/physmem.c file_ram_alloc: "memory size ... must be equal to or larger than
+        # page size": 512M of RAM on 1 GiB pages is refused, so the change gives -m 1G.
+        ("back guest RAM with 1 GiB hugepages (/mnt/huge1G) and -m 1G", True,
          ("-machine", "pseries,cap-hpt-max-page-size=16M,memory-backend=ram0", "-accel", "kvm",
-          "-m", "512M", "-object",
-          "memory-backend-file,id=ram0,size=512M,mem-path=/mnt/huge1G,prealloc=on")),
+          "-m", "1G", "-object",
+          "memory-backend-file,id=ram0,size=1G,mem-path=/mnt/huge1G,prealloc=on")),
     ]),
     # 4 KiB host, default 64K cap: backing and CI pages both refuse it; only a 4K cap lifts
     # both.  Hugepages lift the backing check but not the CI pages (host page size), so QEMU
@@ -493,10 +500,10 @@ SUGGESTIONS = [
          ("-machine", "pseries,cap-hpt-max-page-size=64K,memory-backend=ram0", "-accel", "kvm",
           "-m", "512M", "-object",
           "memory-backend-file,id=ram0,size=512M,mem-path=/dev/hugepages,prealloc=on")),
-        ("back guest RAM with 1 GiB hugepages (/dev/hugepages-1G)", False,
+        ("back guest RAM with 1 GiB hugepages (/dev/hugepages-1G) and -m 1G", False,
          ("-machine", "pseries,cap-hpt-max-page-size=64K,memory-backend=ram0", "-accel", "kvm",
-          "-m", "512M", "-object",
-          "memory-backend-file,id=ram0,size=512M,mem-path=/dev/hugepages-1G,prealloc=on")),
+          "-m", "1G", "-object",
+          "memory-backend-file,id=ram0,size=1G,mem-path=/dev/hugepages-1G,prealloc=on")),
     ]),
     # 2 GiB on 4 KiB pages: HPT 2**24, VRMA 1 << (12 + 24 - 7) = 512 MiB < the 2 GiB RMA.
     # 16M pages (from 2 MiB or 1 GiB backing) give 1 << (24 + 24 - 7) = 2 TiB: enough.

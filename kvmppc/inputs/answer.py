@@ -8,7 +8,7 @@ backings are passed in.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +88,11 @@ class Answer:
 
 
 def judge(translation: Translation, probe: ProbeResult,
-          backings: Sequence[Backing] | None = None) -> Answer:
+          backings: Sequence[Backing] | None = None, *,
+          resolve: Callable[[str], Backing] | None = None) -> Answer:
     if translation.request is None:
         return Answer(translation, None)
-    return Answer(translation, check(probe, translation.request, backings))
+    return Answer(translation, check(probe, translation.request, backings, resolve=resolve))
 
 
 def request_from_body(content_type: str, body: bytes, host: HostMemory,

@@ -16,12 +16,13 @@ QEMU has two option syntaxes and this module follows each where QEMU uses it
 
 What bears on QEMU's page-size decisions becomes a :class:`kvmppc.policy.CheckRequest`: the
 machine type and ``cap-hpt-max-page-size``, ``kvm-type``, the accelerator, the ``-cpu`` model,
-``-m``'s size and the RAM backends that are mapped as guest RAM (``-mem-path``, the
-``memory-backend`` of the machine, the ``memdev`` of each ``-numa node``).  Options with no
-bearing on that are listed as *ignored*.  Options that would bear on it but that the policy
-does not model (``max-cpu-compat``, other capabilities switched on, CPU properties, memory
-hotplug slots, DIMMs, memfd hugepages, a mix of anonymous and file backends, ``-readconfig``,
-``-set``, ``-global`` on the machine or CPU) make the answer "cannot judge" instead of a guess.
+``-m``'s size, ``slots`` and ``maxmem``, ``-mem-path`` and every ``-object
+memory-backend-ram|file|memfd`` with its size and how it is used (the machine's
+``memory-backend``, the ``memdev`` of a ``-numa node``, or not mapped: QEMU creates it all the
+same).  Options with no bearing on that are listed as *ignored*.  Options that would bear on
+it but that the policy does not model (``max-cpu-compat``, other capabilities switched on, CPU
+properties, DIMMs, other backend types, ``-readconfig``, ``-set``, ``-global`` on the machine
+or CPU) make the answer "cannot judge" instead of a guess.
 """
 
 from __future__ import annotations
@@ -512,30 +513,41 @@ def _accel_mode(state: _State) -> tuple[str | None, str]:
     return "kvm", source
 
 
-def _backend_kind(option: str, backend: _Backend, state: _State) -> tuple[str, str | None]:
-    """("file", mem-path) or ("anon", None) for a backend mapped as guest RAM; a memfd with
-    hugetlb, or another kind, adds a cannot-judge reason and gives ("?", None)."""
-    props = backend.props
-    if "size" not in props:
-        raise _bad("-object", backend.text, "Parameter 'size' is missing")
-    if backend.qom_type == "memory-backend-file":
-        path = props.get("mem-path")
-        if not path:
+_MODELLED_BACKENDS = ("memory-backend-ram", "memory-backend-file", "memory-backend-memfd")
+
+
+def _backend_specs(state: _State, main_backend: str | None) -> list[str]:
+    """Each ``-object memory-backend-*`` in command-line order (QEMU creates them in that
+    order, used as RAM or not), as the request's ``backend`` text: its type, size, mem-path,
+    hugetlb and hugetlbsize, and its use (the machine's RAM, the memdev of NUMA node N, or
+    none)."""
+    specs: list[str] = []
+    for object_id, backend in state.objects.items():
+        if not backend.qom_type.startswith("memory-backend-"):
+            continue
+        label = f"-object {backend.qom_type},id={object_id}"
+        if backend.qom_type not in _MODELLED_BACKENDS:
+            state.cannot.append(f"{label}: {backend.qom_type} is not modelled")
+            continue
+        props = backend.props
+        if backend.qom_type == "memory-backend-file" and not props.get("mem-path"):
             raise _bad("-object", backend.text, "property 'mem-path' is required")
-        return "file", path
-    if backend.qom_type == "memory-backend-ram":
-        return "anon", None
-    if backend.qom_type == "memory-backend-memfd":
-        if props.get("hugetlb") in ("on", "true", "yes"):
-            state.cannot.append(
-                f"{option}: memory-backend-memfd with hugetlb=on: its page size"
-                f" ({props.get('hugetlbsize', 'the default hugepage size')}) is not a mem-path;"
-                " not modelled"
-            )
-            return "?", None
-        return "anon", None  # memfd without hugetlb is shmem: base pages
-    state.cannot.append(f"{option}: {backend.qom_type} as guest RAM is not modelled")
-    return "?", None
+        _size_of(backend)
+        parts = [backend.qom_type, f"id={object_id}", f"size={props['size']}"]
+        for key in ("mem-path", "hugetlb", "hugetlbsize"):
+            if key in props:
+                parts.append(f"{key}={props[key]}")
+        if object_id == main_backend:
+            parts.append("use=ram")
+        elif object_id in state.numa_memdevs:
+            parts += ["use=numa", f"node={state.numa_memdevs.index(object_id)}"]
+        else:
+            parts.append("use=none")
+            if not state.memory_devices:
+                state.notes.append(f"{label} is created but not mapped as guest RAM: QEMU"
+                                   " checks it at creation, qemu_minrampagesize skips it")
+        specs.append(",".join(p.replace(",", ",,") if i else p for i, p in enumerate(parts)))
+    return specs
 
 
 def _size_of(backend: _Backend) -> int:
@@ -578,11 +590,6 @@ def _finish(argv: tuple[str, ...], state: _State) -> Translation:
             state.cannot.append(f"-cpu {state.cpu}: CPU properties are not modelled")
         request_fields["cpu"] = model
 
-    if "slots" in state.mem and "maxmem" not in state.mem:
-        raise CommandLineError("slots specified but no max-size")  # softmmu/vl.c
-    if "slots" in state.mem or "maxmem" in state.mem:
-        state.cannot.append(f"-m {state.mem_text}: memory hotplug (slots, maxmem) is not"
-                            " modelled")
     ram_text = state.mem.get("size")
     if ram_text is not None:
         request_fields["memory"] = ram_text
@@ -601,53 +608,26 @@ def _finish(argv: tuple[str, ...], state: _State) -> Translation:
             )
         state.cannot.append(f"{state.numa_legacy_mem}: legacy NUMA memory (split by QEMU) is"
                             " not modelled")
-    mapped: list[tuple[str, _Backend]] = []
     for memdev in ([main_backend] if main_backend else []) + state.numa_memdevs:
         backend = state.objects.get(memdev)
         if backend is None or not backend.qom_type.startswith("memory-backend-"):
             raise CommandLineError(f"Memory backend '{memdev}' not found" if main_backend ==
                                    memdev else f"-numa node,memdev={memdev}: memdev={memdev}"
                                    " is ambiguous")
-        mapped.append((f"memory backend '{memdev}'", backend))
-    kinds: list[tuple[str, str | None]] = [
-        _backend_kind(label, backend, state) for label, backend in mapped
-    ]
-    if main_backend:
-        size = _size_of(state.objects[main_backend])
-        if ram_text is not None and _ram_size(ram_text) != size:
-            raise CommandLineError(
-                "Machine memory size does not match the size of the memory backend"
-            )
-        request_fields["memory"] = f"{size}B" if ram_text is None else ram_text
-    elif state.numa_memdevs:
-        total = sum(_size_of(state.objects[m]) for m in state.numa_memdevs)
-        ram = _ram_size(ram_text) if ram_text is not None else 512 << 20
-        if total != ram:
-            raise CommandLineError(
-                f"total memory for NUMA nodes (0x{total:x}) should equal RAM size (0x{ram:x})"
-            )
-        if state.mem_path is not None:
-            state.notes.append("-mem-path is not used: the NUMA nodes' memdevs are the RAM")
-    else:
-        kinds.append(("file", state.mem_path) if state.mem_path else ("anon", None))
-    for object_id, backend in state.objects.items():
-        used = object_id == main_backend or object_id in state.numa_memdevs
-        if backend.qom_type.startswith("memory-backend-") and not used and not (
-                state.memory_devices):
-            state.ignored.append(f"-object {backend.qom_type},id={object_id} (not mapped as"
-                                 " guest RAM)")
+    specs = _backend_specs(state, main_backend)
+    if specs:
+        request_fields["backend"] = specs
+    if state.numa_memdevs and state.mem_path is not None:
+        state.notes.append("-mem-path is not used: the NUMA nodes' memdevs are the RAM")
+    if state.mem_path is not None:
+        request_fields["mem_path"] = [state.mem_path]
+    for key in ("slots", "maxmem"):
+        if key in state.mem:
+            request_fields[key] = state.mem[key]
     if state.mem_prealloc or any(b.props.get("prealloc") in ("on", "true", "yes")
-                                 for _label, b in mapped):
+                                 for b in state.objects.values()):
         state.notes.append("prealloc: QEMU allocates all guest RAM at start, so the hugepage"
-                           " pool must hold it (pool sizes are not part of this check)")
-
-    known = {kind for kind, _path in kinds}
-    if "?" not in known:
-        if known == {"file"}:
-            request_fields["mem_path"] = [path for _kind, path in kinds if path]
-        elif known == {"file", "anon"}:
-            state.cannot.append("guest RAM partly anonymous, partly on a mem-path: the"
-                                " policy's request has no way to say so")
+                           " pool must hold it (kvmppc warns when the probe's pool is short)")
 
     if state.cannot:
         return Translation(argv, None, tuple(state.cannot), tuple(state.ignored),

@@ -3,23 +3,27 @@
 Advice is chosen by the kinds of QEMU's refusals (:class:`ProblemKind`), never by their text:
 a cap too large for the RAM backing or for KVM's table (lower the cap, or back RAM with
 hugepages), a VRMA too small for the RMA (hugepages), a pre-POWER9 model on a radix-only KVM
-(a model that can run radix), RAM not a multiple of 256 MiB, cap-htm on a KVM without HTM.
+(a model that can run radix), RAM not a multiple of 256 MiB, cap-htm on a KVM without HTM;
+for guest RAM (:mod:`.memory`): a backend smaller than its hugepage (more RAM, or smaller
+hugepages), file or memfd RAM on a KVM without MMU notifiers (anonymous RAM), ``maxmem`` and
+``slots`` QEMU refuses, a hugepage pool short of pages (how many to add).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from kvmppc.model import ProbeResult
+from kvmppc.model import HugepagePool, ProbeResult
 from kvmppc.policy.backing import Backing
 from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT
 from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
 from kvmppc.policy.machines import CpuModel, host_cpu_model, qemu_models
+from kvmppc.policy.memory import MemoryBackend, max_hotplug_slots, parse_slots
 from kvmppc.policy.problems import ProblemKind
 from kvmppc.policy.request import CheckRequest
 from kvmppc.policy.result import Advice, CapAdvice, CheckResult, HugepageOption, Suggestion
-from kvmppc.policy.sizes import format_bytes, format_size
+from kvmppc.policy.sizes import format_bytes, format_size, qemu_strtosz
 from kvmppc.policy.startup import SPAPR_MEMORY_BLOCK_SIZE, page_size_refusals, replay
 
 K = ProblemKind
@@ -76,6 +80,7 @@ def advise(probe: ProbeResult, result: CheckResult) -> Advice | None:
             probe, result, f"give -m a multiple of 256 MiB: {format_size(rounded)}",
             replace(request, memory=format_size(rounded)),
         ))
+    suggestions += memory_suggestions(probe, result)
     return Advice(
         largest_max_page_size=None if largest is None else CapAdvice(
             largest, "caps above 16 GiB give the same guest table" if largest == 34 else None),
@@ -183,14 +188,154 @@ def _hugepage_suggestions(probe: ProbeResult, result: CheckResult,
         backings: tuple[Backing, ...] | None = None
         if mounts:
             path = mounts[0].path
+        elif result.request.backends:
+            path = f"memfd hugetlb=on,hugetlbsize={format_size(size)}: no mount needed"
         else:
             path = f"/dev/hugepages-{format_size(size)}"
             steps = (f"mkdir -p {path}; mount -t hugetlbfs -o pagesize={format_size(size)}"
                      f" none {path}", *steps)
             backings = (Backing(path, size, "hugepage-pool", path),)
+        change = f"back guest RAM with {format_bytes(size)} hugepages ({path})"
+        request = _on_hugetlbfs(result.request, ram, path if mounts else None, size)
+        if request.memory != result.request.memory and not result.request.backends:
+            # softmmu/physmem.c file_ram_alloc: a backend holds whole hugepages.
+            change += f" and -m {request.memory} (RAM of at least one hugepage)"
         out.append(_suggest(
-            probe, result, f"back guest RAM with {format_bytes(size)} hugepages ({path})",
-            replace(result.request, mem_paths=(path,)), backings=backings, steps=steps,
-            hugepage_size=size,
+            _pool_grown(probe, size, _round_up(ram, size) // size), result, change, request,
+            backings=backings, steps=steps, hugepage_size=size,
         ))
     return out
+
+
+def _pool_grown(probe: ProbeResult, page_size: int, pages: int) -> ProbeResult:
+    """The host after the suggestion's steps: the pool of ``page_size`` has ``pages`` free
+    pages at least (QEMU reserves them when it maps the backend)."""
+    pools = list(probe.hugepages.pools)
+    pool = probe.hugepages.pool(page_size)
+    if pool is not None and pool.available >= pages:
+        return probe
+    grown = HugepagePool(page_size, (pool.total if pool else 0) + pages,
+                         (pool.free if pool else 0) + pages, pool.reserved if pool else 0,
+                         pool.surplus if pool else 0)
+    pools = [grown if p.page_size == page_size else p for p in pools] if pool else [
+        *pools, grown]
+    return replace(probe, hugepages=replace(probe.hugepages, pools=tuple(pools)))
+
+
+def _round_up(value: int, align: int) -> int:
+    return -(-value // align) * align
+
+
+def _on_hugetlbfs(request: CheckRequest, ram: int, path: str | None,
+                  size: int) -> CheckRequest:
+    """The guest with its RAM in hugepages: ``-mem-path`` (RAM rounded up to the page size
+    when smaller), or each mapped backend of whole pages, a file on the mount at ``path``, or
+    without a mount a memfd with ``hugetlb=on`` (util/memfd.c: no mount needed)."""
+    if not request.backends:
+        memory = request.memory if ram >= size else format_size(size)
+        return replace(request, mem_paths=(path or f"/dev/hugepages-{format_size(size)}",),
+                       memory=memory)
+    backends = tuple(
+        (replace(b, qom_type="memory-backend-file", mem_path=path, hugetlb=False,
+                 hugetlbsize=None, size=format_size(_round_up(b.size_bytes, size)))
+         if path is not None else
+         replace(b, qom_type="memory-backend-memfd", mem_path=None, hugetlb=True,
+                 hugetlbsize=format_size(size), size=format_size(_round_up(b.size_bytes, size))))
+        if b.use != "none" else b for b in request.backends)
+    return _with_backends(request, backends)
+
+
+def _with_backends(request: CheckRequest, backends: tuple[MemoryBackend, ...]) -> CheckRequest:
+    """``backends`` in place of the request's, with ``-m`` following their total."""
+    mapped = [b for b in backends if b.use == "ram"] or [b for b in backends if b.use == "numa"]
+    memory = request.memory
+    if memory is not None and mapped:
+        memory = format_size(sum(b.size_bytes for b in mapped))
+    return replace(request, backends=backends, memory=memory)
+
+
+def memory_suggestions(probe: ProbeResult, result: CheckResult) -> list[Suggestion]:
+    """What to change for the guest-RAM refusals (:mod:`.memory`), each replayed."""
+    kinds, request = result.error_kinds, result.request
+    out: list[Suggestion] = []
+    ram = result.ram_size or DEFAULT_RAM_SIZE
+    if K.SYNC_MMU in kinds:
+        # softmmu/physmem.c qemu_ram_alloc_from_fd: file and memfd RAM need KVM_CAP_SYNC_MMU;
+        # memory-backend-ram (anonymous, qemu_ram_alloc) does not.
+        backends = tuple(
+            replace(b, qom_type="memory-backend-ram", mem_path=None, hugetlb=False,
+                    hugetlbsize=None) for b in request.backends)
+        out.append(_suggest(
+            probe, result, "back guest RAM with anonymous memory (no -mem-path, no file or"
+            " memfd backends): this KVM has no MMU notifiers (KVM_CAP_SYNC_MMU 0, as KVM-PR)",
+            replace(request, mem_paths=(), backends=backends)))
+    if K.BACKEND_PAGE in kinds:
+        page = max(b.page_size for b in result.backings)
+        if request.backends:
+            backends = tuple(
+                replace(b, size=format_size(_round_up(b.size_bytes, page)))
+                if b.qom_type != "memory-backend-ram" else b for b in request.backends)
+            fixed = _with_backends(request, backends)
+        else:
+            fixed = replace(request, memory=format_size(_round_up(ram, page)))
+        out.append(_suggest(
+            probe, result, f"give each hugepage backend whole {format_bytes(page)} pages"
+            f" (RAM {format_bytes(_round_up(ram, page))}), or use smaller hugepages", fixed))
+    if K.HUGEPAGE_POOL in kinds:
+        for size in sorted({b.page_size for b in result.backings
+                            if b.page_size > probe.host.base_page_size}):
+            pages = _round_up(ram, size) // size
+            steps, _enough = _pool_steps(probe, size, ram)
+            out.append(_suggest(
+                _pool_grown(probe, size, pages), result, f"add {format_bytes(size)} hugepages"
+                f" to the pool ({pages} free pages for {format_bytes(ram)} of RAM)", request,
+                steps=steps, hugepage_size=size))
+    if K.OVERCOMMIT in kinds and probe.host.memory is not None:
+        out += _overcommit_suggestions(probe, result, ram)
+    if K.HOTPLUG in kinds and request.slots is not None:
+        vm = probe.vm_type(result.vm_type) if result.vm_type else None
+        limit = max_hotplug_slots(vm.caps if vm is not None and result.accel == "kvm" else None)
+        out.append(_suggest(
+            probe, result, f"lower slots to {limit} (hw/ppc/spapr.c: half of KVM's memslots,"
+            " at least 32)", replace(request, slots=str(limit))))
+    if K.MEMORY in kinds and (request.maxmem is not None or request.slots is not None):
+        hotplug = _hotplug_fixed(request, ram)
+        if hotplug is not None:
+            out.append(_suggest(probe, result, f"give maxmem={hotplug.maxmem} (at least -m, a"
+                                " multiple of 256 MiB)", hotplug))
+    return out
+
+
+def _overcommit_suggestions(probe: ProbeResult, result: CheckResult,
+                            ram: int) -> list[Suggestion]:
+    """Anonymous RAM the kernel will not commit (mm/util.c __vm_enough_memory): less RAM, or
+    the kernel told to allow it (vm.overcommit_memory=1), each replayed."""
+    info = probe.host.memory
+    assert info is not None
+    out: list[Suggestion] = []
+    if info.overcommit_memory == 0 and info.mem_total is not None and not result.request.backends:
+        room = info.mem_total + (info.swap_total or 0)
+        smaller = room // SPAPR_MEMORY_BLOCK_SIZE * SPAPR_MEMORY_BLOCK_SIZE
+        if 0 < smaller < ram:
+            out.append(_suggest(
+                probe, result, f"give the guest at most {format_size(smaller)} of RAM (this"
+                f" host's RAM and swap: {format_bytes(room)})",
+                replace(result.request, memory=format_size(smaller))))
+    lenient = replace(probe, host=replace(probe.host, memory=replace(info, overcommit_memory=1)))
+    out.append(_suggest(
+        lenient, result, "let the kernel overcommit (vm.overcommit_memory=1), or add swap",
+        result.request, steps=("sysctl vm.overcommit_memory=1",)))
+    return out
+
+
+def _hotplug_fixed(request: CheckRequest, ram: int) -> CheckRequest | None:
+    maxmem = qemu_strtosz(request.maxmem).value if request.maxmem is not None else None
+    slots = parse_slots(request.slots) if request.slots is not None else None
+    if maxmem is None and not slots:
+        return None
+    block = SPAPR_MEMORY_BLOCK_SIZE
+    wanted = max(maxmem or 0, ram + (block if slots else 0))
+    wanted = _round_up(wanted, block)
+    if wanted == maxmem:
+        return None
+    return replace(request, maxmem=format_size(wanted))

@@ -33,6 +33,11 @@ class ProblemKind(enum.Enum):
     KVM_MMU = "kvm-mmu"  # kvm_check_mmu: the guest's table against the kernel's
     CI_PAGES = "ci-pages"  # kvm_check_mmu: 64 KiB cache-inhibited pages on a 4 KiB host
     MMU_MODE = "mmu-mode"  # spapr_check_mmu_mode: hash or radix unavailable
+    SYNC_MMU = "sync-mmu"  # qemu_ram_alloc_from_fd: file/memfd RAM without KVM_CAP_SYNC_MMU
+    BACKEND_PAGE = "backend-page"  # a backend smaller than (or not a multiple of) its page
+    HUGEPAGE_POOL = "hugepage-pool"  # mapping a hugetlbfs backend: the pool lacks pages
+    HOTPLUG = "hotplug"  # -m slots/maxmem against spapr's memslot limit
+    OVERCOMMIT = "overcommit"  # anonymous guest RAM beyond what the kernel lets QEMU commit
     VSMT = "vsmt"  # spapr_set_vsmt_mode: KVM's SMT mode for the machine's VSMT
 
 

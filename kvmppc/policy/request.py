@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmppc.errors import UsageError
+from kvmppc.policy.memory import (
+    MemoryBackend,
+    backends_from_specs,
+    parse_slots,
+    validate_layout,
+)
 from kvmppc.qemu_versions import choose
 
 QUERY_KEYS = (
     "max_page_size", "cpu", "machine", "mem_path", "memory", "accel", "kvm_type", "qemu_version",
+    "backend", "maxmem", "slots",
 )
 # hw/ppc/spapr.c spapr_kvm_type: no kvm-type is the kernel's default VM type.
 VM_TYPE_BY_KVM_TYPE = {None: "default", "HV": "hv", "PR": "pr"}
@@ -56,6 +63,11 @@ class CheckRequest:
     without ``-accel`` would pick TCG.  ``kvm_type`` "HV", "PR" or None (the default VM
     type: HV when kvm_hv is loaded).  ``qemu_version`` "7.2" or "10.0" (a modelled release;
     None: the version the probe found installed, else the newest modelled).
+
+    ``backends`` are ``-object memory-backend-*`` with their sizes and how each is used
+    (:class:`kvmppc.policy.memory.MemoryBackend`: the machine's RAM, a NUMA node's memdev, or
+    none); with them ``mem_paths`` may hold one path, ``-mem-path`` (which QEMU ignores when
+    NUMA nodes have memdevs).  ``maxmem`` and ``slots`` are ``-m``'s hotplug options, as text.
     """
 
     max_page_size: str | None = None
@@ -66,6 +78,9 @@ class CheckRequest:
     accel: str | None = None
     kvm_type: str | None = None
     qemu_version: str | None = None
+    backends: tuple[MemoryBackend, ...] = ()
+    maxmem: str | None = None
+    slots: str | None = None
 
     def __post_init__(self) -> None:
         if self.qemu_version is not None:
@@ -89,13 +104,26 @@ class CheckRequest:
         for path in self.mem_paths:
             if not path.startswith("/") or "\0" in path:
                 raise UsageError(f"mem_path {path!r} must be an absolute path")
+        self._check_memory_options()
+
+    def _check_memory_options(self) -> None:
+        validate_layout(self.backends)
+        if self.backends and len(self.mem_paths) > 1:
+            raise UsageError("with backends, mem_path is -mem-path: give it at most once")
+        if self.mem_paths and any(b.use == "ram" for b in self.backends):
+            # softmmu/vl.c qemu_apply_legacy_machine_options, QEMU's words (sic).
+            raise UsageError("'-mem-path' can't be used together with'-machine"
+                             " memory-backend'")
+        if self.slots is not None:
+            parse_slots(self.slots)
 
     @classmethod
     def from_params(cls, params: Mapping[str, str | Sequence[str]]) -> CheckRequest:
         """From a query string (``urllib.parse.parse_qs`` output or a plain mapping).
 
         Keys: max_page_size, cpu, machine, mem_path (repeatable), memory, accel, kvm_type,
-        qemu_version.
+        qemu_version, backend (repeatable: ``-object`` text with ``use=``, see
+        :class:`MemoryBackend`), maxmem, slots.
         """
         unknown = sorted(set(params) - set(QUERY_KEYS))
         if unknown:
@@ -105,6 +133,8 @@ class CheckRequest:
             )
         mem_path = params.get("mem_path", ())
         mem_paths = (mem_path,) if isinstance(mem_path, str) else tuple(mem_path)
+        backend = params.get("backend", ())
+        backends = backends_from_specs((backend,) if isinstance(backend, str) else tuple(backend))
         accel = _single(params, "accel")
         if accel is not None and accel not in ("kvm", "tcg"):
             raise UsageError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
@@ -117,6 +147,9 @@ class CheckRequest:
             accel=accel,
             kvm_type=_normalise_kvm_type(_single(params, "kvm_type")),
             qemu_version=_single(params, "qemu_version"),
+            backends=backends,
+            maxmem=_single(params, "maxmem"),
+            slots=_single(params, "slots"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,4 +162,21 @@ class CheckRequest:
             "accel": self.accel,
             "kvm_type": self.kvm_type,
             "qemu_version": self.qemu_version,
+            "backends": [backend.to_dict() for backend in self.backends],
+            "maxmem": self.maxmem,
+            "slots": self.slots,
         }
+
+    def to_params(self) -> dict[str, str | list[str]]:
+        """The request as :meth:`from_params` takes it (the ``/v1/check`` query string)."""
+        params: dict[str, str | list[str]] = {"machine": self.machine}
+        for key in ("max_page_size", "cpu", "memory", "accel", "kvm_type", "qemu_version",
+                    "maxmem", "slots"):
+            value = getattr(self, key)
+            if value is not None:
+                params[key] = value
+        if self.mem_paths:
+            params["mem_path"] = list(self.mem_paths)
+        if self.backends:
+            params["backend"] = [backend.to_spec() for backend in self.backends]
+        return params

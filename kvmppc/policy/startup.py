@@ -8,11 +8,16 @@ types, CPU models, the size syntax, messages.  The release answered for is the r
 Every decision QEMU makes about ``cap-hpt-max-page-size`` is replayed as a pure function of
 a probe (:class:`kvmppc.model.ProbeResult`) and a request:
 
-1. the command line: ``-m``, the machine type, the cap's value (:func:`_command_line`);
-2. the accelerator: KVM's VM type (accel/kvm/kvm-all.c, :func:`_accelerator`), then the
-   ``-cpu`` model (:func:`_cpu_model`);
-3. machine init (hw/ppc/spapr.c ``spapr_machine_init``): the pseries-2.12-and-older default,
-   the RMA for SLOF, RAM alignment (:func:`_machine_init`);
+1. the command line: ``-m``, the machine type, ``-m``'s slots and maxmem
+   (:func:`_memory_options`), the cap's value (:func:`_command_line`);
+2. the accelerator: KVM's VM type (accel/kvm/kvm-all.c, :func:`_accelerator`), the machine's
+   deprecation warning (:func:`_machine_deprecation`), every ``-object memory-backend-*``
+   created (``qemu_create_late_backends``, :func:`_memory_backends`), then the ``-cpu`` model
+   (:func:`_cpu_model`);
+3. board and machine init: guest RAM (hw/core/machine.c ``machine_run_board_init``:
+   ``-mem-path``'s backend, the NUMA total, :func:`_board_memory`), then hw/ppc/spapr.c
+   ``spapr_machine_init``: the pseries-2.12-and-older default, the RMA for SLOF (in NUMA node
+   0), the alignment of RAM, maxmem and nodes, the hotplug slots (:func:`_machine_init`);
 4. machine reset: the capabilities in table order (``spapr_caps_apply``: cap-htm, then
    cap-hpt-max-page-size with its backing check), the HPT and its VRMA (``spapr_setup_hpt``)
    (:func:`_machine_reset`), then each CPU's reset: the page-size filter and
@@ -32,12 +37,17 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvmppc.model import ProbeResult, SmmuInfo, SmmuSource, VmTypeInfo
-from kvmppc.policy.backing import Backing, backings_for
-from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE, parse_max_page_size, parse_memory
+from kvmppc.policy.backing import Backing, backings_for, resolve_backing
+from kvmppc.policy.cmdline import (
+    DEFAULT_RAM_SIZE,
+    SIZE_SUFFIX_HINT,
+    parse_max_page_size,
+    parse_memory,
+)
 from kvmppc.policy.cmdline import parse_warnings as cap_parse_warnings
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT, MSG_BELOW_4K, MSG_BELOW_64K, PageSizes
 from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
@@ -52,17 +62,31 @@ from kvmppc.policy.machines import (
     lookup_machine,
     qemu_models,
 )
+from kvmppc.policy.memory import (
+    DEFAULT_RAM_ID,
+    Created,
+    MemoryBackend,
+    PoolLedger,
+    create_backend,
+    max_hotplug_slots,
+    mem_property_error,
+    node0_size,
+    numa_nodes,
+    parse_slots,
+)
 from kvmppc.policy.mmu import (
     MiB,
+    hpt_shift_for_ramsize,
     kvm_check_mmu,
     needs_host_contiguous_pages,
     pr_smmu_with_vcpu,
     rma_size,
-    vrma_error,
+    vrma_limit,
 )
 from kvmppc.policy.problems import ProblemKind, ProblemLog, QemuRefusalError, When
 from kvmppc.policy.request import VM_TYPE_BY_KVM_TYPE, CheckRequest
 from kvmppc.policy.result import CheckResult, MmuModes
+from kvmppc.policy.sizes import qemu_strtosz
 from kvmppc.qemu_versions import choose
 from kvmppc.qemu_versions.table import Messages
 
@@ -111,6 +135,12 @@ class _Startup:
     hpt_at_reset: bool = True
     guest: PageSizes | None = None
     mmu: MmuModes | None = None
+    resolve: Callable[[str], Backing] | None = None  # a mem-path's backing (live: statfs)
+    maxmem: int | None = None  # -m maxmem= (machine_set_mem: maxram_size)
+    slots: int | None = None  # -m slots=
+    node_sizes: tuple[int, ...] = ()  # each NUMA node's memdev size
+    created: dict[int, Created] = field(default_factory=dict)  # index in request.backends
+    ledger: PoolLedger | None = None
 
     @property
     def min_backing(self) -> int:
@@ -131,19 +161,30 @@ class _Startup:
 
 
 def replay(probe: ProbeResult, request: CheckRequest,
-           backings: Sequence[Backing] | None = None) -> CheckResult:
-    """QEMU's start-up for ``request`` on the probed host, phase by phase (no advice)."""
+           backings: Sequence[Backing] | None = None, *,
+           resolve: Callable[[str], Backing] | None = None) -> CheckResult:
+    """QEMU's start-up for ``request`` on the probed host, phase by phase (no advice).
+
+    ``backings`` replace the mem-paths' page sizes (the CLI statfs'es them live); ``resolve``
+    gives a mem-path's backing where the request has backends (default: the probe's mounts).
+    """
     choice = choose(request.qemu_version, probe.host.qemu_version)
     s = _Startup(
         probe, request,
-        tuple(backings) if backings is not None else backings_for(probe, request.mem_paths),
+        tuple(backings) if backings is not None else ram_backings(probe, request, resolve),
         request.accel or ("kvm" if usable_powerpc_kvm(probe) else "tcg"),
         qemu_models(choice.table),
     )
+    s.resolve = resolve
+    s.ledger = PoolLedger(probe.hugepages, memory=probe.host.memory)
     for note in choice.notes:
         s.log.note(note)
-    phases = (_command_line, _accelerator, _cpu_model, _machine_init, _machine_reset,
-              _cpu_reset, _device_tree)
+    if probe.provenance is not None and probe.provenance.derived:
+        s.log.note(f"host profile {probe.source.removeprefix('profile:')} is DERIVED from"
+                   f" kernel source, not captured from a running kernel"
+                   f" (from {probe.provenance.derived_from}): {probe.provenance.why}")
+    phases = (_command_line, _accelerator, _machine_deprecation, _memory_backends, _cpu_model,
+              _machine_init, _machine_reset, _cpu_reset, _device_tree)
     for phase in phases:
         if not phase(s):
             break
@@ -181,6 +222,7 @@ def _command_line(s: _Startup) -> bool:
         log.refused(refusal)
         log.note(f"QEMU {s.qemu.version}'s machine types: {s.qemu.machine_list()}")
         return False
+    _memory_options(s)
     if request.max_page_size is not None:
         for warning in cap_parse_warnings(request.max_page_size, s.qemu.table):
             log.warn(K.MAX_PAGE_SIZE, warning)
@@ -191,6 +233,27 @@ def _command_line(s: _Startup) -> bool:
             return False
         s.shift, s.shift_source = parsed.shift, "command line"
     return True
+
+
+def _memory_options(s: _Startup) -> None:
+    """``-m``'s slots and maxmem: QemuOpts parses them with the option, then
+    hw/core/machine.c ``machine_set_mem`` checks them when the machine's options are set
+    (after the machine type is known, before the capabilities)."""
+    request, log = s.request, s.log
+    if request.maxmem is not None:
+        maxmem = qemu_strtosz(request.maxmem, s.qemu.table.strtosz).value
+        if maxmem is None:
+            log.error(K.MEMORY, f"-m {request.memory or '512M'},maxmem={request.maxmem}:"
+                      " Parameter 'maxmem' expects a non-negative number below 2^64",
+                      more=SIZE_SUFFIX_HINT)
+            return
+        s.maxmem = maxmem
+    if request.slots is not None:
+        s.slots = parse_slots(request.slots)
+    if s.ram is not None:
+        message = mem_property_error(s.ram, s.maxmem, s.slots)
+        if message:
+            log.error(K.MEMORY, message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,15 +313,91 @@ def _strerror(probe_error: str) -> str:
     return match.group(1) if match else probe_error
 
 
-def _cpu_model(s: _Startup) -> bool:
+def _machine_deprecation(s: _Startup) -> bool:
     assert s.machine is not None
     # system/vl.c qemu_init: the deprecation warning comes after the machine options (-m,
-    # memory.size, the caps: their errors print without it) and before -cpu is parsed (its
-    # errors print after it), as QEMU 10.0 shows under TCG; in the source it follows
-    # configure_accelerators, so a KVM error comes first too.
+    # memory.size, the caps: their errors print without it) and before the late backends and
+    # -cpu (their errors print after it), as QEMU 10.0 shows under TCG; in the source it
+    # follows configure_accelerators, so a KVM error comes first too.
     deprecated = deprecation_warning(s.machine, s.qemu)
     if deprecated is not None:
         s.log.warn(K.MACHINE, deprecated)
+    return True
+
+
+def _sync_mmu(s: _Startup) -> bool:
+    """accel/kvm/kvm-all.c ``kvm_has_sync_mmu``: KVM_CAP_SYNC_MMU on the VM (true under TCG,
+    where the check is not made; a probe without the cap is taken to have it)."""
+    return s.kvm is None or bool(s.kvm.vm.caps.get("SYNC_MMU", 1))
+
+
+def _create(s: _Startup, backend: MemoryBackend, size: int) -> Created:
+    assert s.ledger is not None
+
+    def resolve(path: str) -> Backing:
+        # A mem-path whose backing the caller gave (statfs'd live, or a what-if) is that.
+        given = next((b for b in s.backings if b.mem_path == path), None)
+        if given is not None:
+            return given
+        return s.resolve(path) if s.resolve is not None else resolve_backing(s.probe, path)
+
+    return create_backend(s.probe, backend, size, kvm_sync_mmu=_sync_mmu(s), ledger=s.ledger,
+                          resolve=resolve)
+
+
+_CREATE_KINDS = {"sync-mmu": K.SYNC_MMU, "page-size": K.BACKEND_PAGE, "pool": K.HUGEPAGE_POOL,
+                 "memfd": K.BACKEND_PAGE, "statfs": K.STATFS, "overcommit": K.OVERCOMMIT}
+
+
+def _record_created(s: _Startup, created: Created, what: str) -> None:
+    """A backend's refusal as QEMU's error.  A pool short of pages is judged on the pool the
+    probe saw (pools change: the advice says how many pages to add)."""
+    if not created.error or not created.kind:
+        return
+    detail = None
+    if created.kind == "pool":
+        detail = (f"{what}: the hugepage pool the probe saw has too few free pages; QEMU 7.2"
+                  " maps with reserve=on (MAP_NORESERVE only with reserve=off)")
+    s.log.error(_CREATE_KINDS[created.kind], created.error, detail=detail)
+
+
+def _memory_backends(s: _Startup) -> bool:
+    """softmmu/vl.c ``qemu_create_late_backends``: every ``-object memory-backend-*`` is
+    allocated here, in command-line order, used as RAM or not (QEMU stops at the first that
+    fails; kvmppc records each)."""
+    for index, backend in enumerate(s.request.backends):
+        created = _create(s, backend, backend.size_bytes)
+        s.created[index] = created
+        _record_created(s, created, f"backend {backend.id or index}")
+    if s.request.backends:
+        s.backings = ram_backings(s.probe, s.request, s.resolve, s.created)
+    return True
+
+
+def ram_backings(probe: ProbeResult, request: CheckRequest,
+                 resolve: Callable[[str], Backing] | None = None,
+                 created: dict[int, Created] | None = None) -> tuple[Backing, ...]:
+    """The backends ``qemu_minrampagesize`` counts: the mapped ones (the machine's, or each
+    NUMA node's), else the default backend of ``-mem-path`` or anonymous RAM."""
+    if not request.backends:
+        return backings_for(probe, request.mem_paths)
+    mapped = [(i, b) for i, b in enumerate(request.backends) if b.use == "ram"] or [
+        (i, b) for i, b in enumerate(request.backends) if b.use == "numa"]
+    if not mapped:
+        return backings_for(probe, request.mem_paths[:1])
+    out = []
+    for index, backend in mapped:
+        if created is not None and index in created:
+            out.append(created[index].backing)
+        else:
+            out.append(create_backend(probe, backend, backend.size_bytes, kvm_sync_mmu=True,
+                                      ledger=PoolLedger(probe.hugepages), resolve=resolve
+                                      ).backing)
+    return tuple(out)
+
+
+def _cpu_model(s: _Startup) -> bool:
+    assert s.machine is not None
     try:
         s.cpu = lookup_cpu(
             s.request.cpu if s.request.cpu is not None else "max", s.machine,
@@ -286,6 +425,7 @@ def smmu_for_guest(kvm: KvmContext, cpu: CpuModel) -> SmmuInfo | None:
 def _machine_init(s: _Startup) -> bool:
     machine, log = s.machine, s.log
     assert machine is not None
+    _board_memory(s)
     if s.shift is None:
         if machine.default_hpt_max_page_shift is not None:
             s.shift, s.shift_source = machine.default_hpt_max_page_shift, "machine default"
@@ -299,21 +439,99 @@ def _machine_init(s: _Startup) -> bool:
             else:
                 s.shift = LEGACY_MAX_SHIFT
                 s.shift_source = f"{machine.name} default: 16 GiB without host-contiguous pages"
-    if s.ram is not None and rma_size(s.ram, machine.rma_limit) >= MIN_RMA_SLOF:
+    if s.ram is not None and _rma_size(s) >= MIN_RMA_SLOF:
         _vsmt(s)  # after spapr_rma_size, before spapr_validate_node_memory
     if s.ram is not None:
-        if rma_size(s.ram, machine.rma_limit) < MIN_RMA_SLOF:
+        if _rma_size(s) < MIN_RMA_SLOF:
             # hw/ppc/spapr.c spapr_rma_size; "%" HWADDR_PRIx "ld" prints 0x80 as "80ld".
             log.error(
                 K.MEMORY, "pSeries SLOF firmware requires >= 80ldMiB guest RMA (Real Mode Area"
                 " memory)"
             )
-        elif machine.dr_lmb_enabled and s.ram % SPAPR_MEMORY_BLOCK_SIZE:
-            log.error(
-                K.MEMORY, f"Memory size 0x{s.ram:x} is not aligned to"
-                f" {SPAPR_MEMORY_BLOCK_SIZE // MiB} MiB"
-            )
+        elif machine.dr_lmb_enabled:
+            _validate_node_memory(s)
+    _hotplug_slots(s)
     return True
+
+
+def _board_memory(s: _Startup) -> None:
+    """hw/core/machine.c ``machine_run_board_init`` before the board's own init: the machine's
+    backend against ``-m``, else the default backend (``-mem-path`` or anonymous RAM, created
+    only now), then hw/core/numa.c ``numa_complete_configuration``."""
+    request, log = s.request, s.log
+    ram_backend = next((b for b in request.backends if b.use == "ram"), None)
+    numa = numa_nodes(request.backends)
+    if ram_backend is not None:
+        if request.memory is None:
+            s.ram = ram_backend.size_bytes  # softmmu/vl.c qemu_resolve_machine_memdev
+        elif s.ram is not None and ram_backend.size_bytes != s.ram:
+            log.error(K.MEMORY,
+                      "Machine memory size does not match the size of the memory backend")
+    elif not numa and s.ram:
+        path = request.mem_paths[0] if len(request.mem_paths) == 1 else None
+        kind = "memory-backend-file" if path else "memory-backend-ram"
+        created = _create(s, MemoryBackend(kind, f"{s.ram}B", mem_path=path,
+                                           id=None if path else DEFAULT_RAM_ID), s.ram)
+        _record_created(s, created, path or "guest RAM")
+    elif len(request.mem_paths) > 1 and not _sync_mmu(s):
+        log.error(K.SYNC_MMU, "host lacks kvm mmu notifiers, -mem-path unsupported")
+    if numa:
+        s.node_sizes = tuple(b.size_bytes for b in numa)
+        if s.ram is not None and sum(s.node_sizes) != s.ram:
+            log.error(K.MEMORY, f"total memory for NUMA nodes (0x{sum(s.node_sizes):x}) should"
+                      f" equal RAM size (0x{s.ram:x})")
+        elif ram_backend is not None:
+            log.error(K.MEMORY, "'-machine memory-backend' and '-numa memdev' properties are"
+                      " mutually exclusive")
+
+
+def _rma_size(s: _Startup) -> int:
+    """hw/ppc/spapr.c ``spapr_rma_size``: RAM, within node 0, 1 TiB and the machine's limit."""
+    assert s.ram is not None and s.machine is not None
+    return rma_size(node0_size(s.ram, s.node_sizes), s.machine.rma_limit)
+
+
+def _validate_node_memory(s: _Startup) -> None:
+    """hw/ppc/spapr.c ``spapr_validate_node_memory`` (sic: the maxmem message prints the RAM
+    size, as QEMU 7.2 does)."""
+    assert s.ram is not None
+    block = SPAPR_MEMORY_BLOCK_SIZE
+    if s.ram % block:
+        s.log.error(K.MEMORY, f"Memory size 0x{s.ram:x} is not aligned to {block // MiB} MiB")
+    elif s.maxmem is not None and s.maxmem % block:
+        s.log.error(K.MEMORY, f"Maximum memory size 0x{s.ram:x} is not aligned to"
+                    f" {block // MiB} MiB")
+    else:
+        for index, size in enumerate(s.node_sizes):
+            if size % block:
+                s.log.error(K.MEMORY, f"Node {index} memory size 0x{size:x} is not aligned to"
+                            f" {block // MiB} MiB")
+                break
+
+
+def _hotplug_slots(s: _Startup) -> None:
+    """hw/ppc/spapr.c ``spapr_machine_init``, after the vCPUs: with hotpluggable memory the
+    slots may be at most half KVM's memslots (at least 32; 32 under TCG)."""
+    if s.ram is None or s.maxmem is None or s.maxmem <= s.ram or not s.slots:
+        return
+    limit = max_hotplug_slots(s.kvm.vm.caps if s.kvm is not None else None)
+    if s.slots > limit:
+        s.log.error(K.HOTPLUG, f"Specified number of memory slots {s.slots} exceeds max"
+                    f" supported {limit}")
+
+
+def hpt_ram_size(s: _Startup) -> int:
+    """hw/ppc/spapr.c ``spapr_setup_hpt``: the HPT is sized for ``maxmem`` when HPT resizing
+    is off (machines up to pseries-2.9, or a KVM-HV without KVM_CAP_SPAPR_RESIZE_HPT:
+    ``kvmppc_check_papr_resize_hpt``), else for the RAM present at boot."""
+    assert s.ram is not None and s.machine is not None
+    maxram = s.maxmem if s.maxmem is not None else s.ram
+    version = re.fullmatch(r"pseries-(\d+)\.(\d+)(?:-.*)?", s.machine.name)
+    disabled = version is not None and (int(version[1]), int(version[2])) <= (2, 9)
+    if s.kvm is not None and not s.kvm.vm.is_pr and not s.kvm.vm.caps.get(
+            "SPAPR_RESIZE_HPT", 0):
+        disabled = True
+    return maxram if disabled else s.ram
 
 
 def _vsmt(s: _Startup) -> None:
@@ -386,10 +604,21 @@ def _machine_reset(s: _Startup) -> bool:
     # the model is POWER9 or later (the guest starts in radix); else set up, with the VRMA.
     s.hpt_at_reset = not (kvm is not None and kvm.radix and cpu.radix_capable)
     if kvm is not None and s.smmu is not None and s.ram is not None:
-        s.vrma = vrma_error(s.smmu, s.min_backing, s.ram, machine.rma_limit)
+        s.vrma = _vrma_error(s)
     if s.vrma and s.hpt_at_reset:
         log.error(K.VRMA, s.vrma)
     return True
+
+
+def _vrma_error(s: _Startup) -> str | None:
+    """hw/ppc/spapr.c ``spapr_setup_hpt``'s check under KVM, with its message (sic: no ')'):
+    the RMA within node 0, the HPT sized by :func:`hpt_ram_size`."""
+    assert s.smmu is not None
+    rma = _rma_size(s)
+    limit = vrma_limit(s.smmu, s.min_backing, hpt_shift_for_ramsize(hpt_ram_size(s)))
+    if limit < rma:
+        return f"Unable to create {rma // MiB}MiB RMA (VRMA only allows {limit // MiB}MiB"
+    return None
 
 
 def backing_error(max_shift: int, min_backing: int) -> str | None:

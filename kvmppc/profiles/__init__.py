@@ -20,8 +20,24 @@ _SHIPPED = Path(__file__).parent
 
 
 def shipped_profiles() -> list[str]:
-    """Names of the host profiles shipped in ``kvmppc/profiles`` (real kernels' answers)."""
+    """Names of the host profiles shipped in ``kvmppc/profiles`` (real kernels' answers, and
+    those derived from kernel source where no such host can run here: see ``provenance``)."""
     return sorted(entry.stem for entry in _SHIPPED.glob("*.json"))
+
+
+def describe_shipped() -> list[tuple[str, str]]:
+    """Each shipped profile and what it is: its host, captured or derived (and from what)."""
+    out = []
+    for name in shipped_profiles():
+        probe = load_profile(name)
+        prov = probe.provenance
+        kind = (f"DERIVED from {prov.derived_from} (kernel source, not captured)"
+                if prov is not None and prov.derived else "captured")
+        host = probe.host
+        out.append((name, f"{host.cpu_model}, {host.platform}, {host.mmu} MMU,"
+                          f" {host.base_page_size >> 10} KiB pages, kernel"
+                          f" {host.kernel_release}: {kind}"))
+    return out
 
 
 def load_profile(name_or_path: str) -> ProbeResult:
