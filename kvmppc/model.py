@@ -194,6 +194,10 @@ class HostInfo:
     # ``qemu-system-ppc64 --version`` ("10.0.13"), None when not installed or not probed
     # (profiles taken before kvmppc recorded it load with None)
     qemu_version: str | None = None
+    # the first CPU node's ibm,dec-bits in /proc/device-tree (target/ppc/kvm.c
+    # kvmppc_get_dec_bits: what cap-large-decr=on under KVM needs); 0 when the host has none,
+    # None when not probed (profiles taken before kvmppc read it)
+    dec_bits: int | None = None
 
     @property
     def is_powerpc(self) -> bool:

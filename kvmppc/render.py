@@ -254,6 +254,8 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
         "message": problem.message,
         "when": problem.when.value,
         "detail": problem.detail,
+        "hint": problem.hint,
+        "more": list(problem.more),
         "qemu_text": problem.qemu,
     }
 
@@ -356,6 +358,10 @@ def check_json(result: CheckResult) -> dict[str, Any]:
 
 def _problem_line(problem: Problem) -> str:
     text = f"  qemu-system-ppc64: {problem.message}" if problem.qemu else f"  {problem.message}"
+    if problem.hint:
+        text += f"\n  {problem.hint}"
+    for line in problem.more:
+        text += f"\n  qemu-system-ppc64: {line}"
     if problem.detail:
         text += f"\n      ({problem.detail})"
     return text

@@ -33,6 +33,10 @@ class ProblemKind(enum.Enum):
     KVM_MMU = "kvm-mmu"  # kvm_check_mmu: the guest's table against the kernel's
     CI_PAGES = "ci-pages"  # kvm_check_mmu: 64 KiB cache-inhibited pages on a 4 KiB host
     MMU_MODE = "mmu-mode"  # spapr_check_mmu_mode: hash or radix unavailable
+    CAPABILITY = "capability"  # another cap-*: its value (spapr_caps.c) or its apply check
+    COMPAT = "max-cpu-compat"  # max-cpu-compat's value or the model (target/ppc/compat.c)
+    VCPU = "vcpu"  # KVM refused the vCPU (target/ppc/kvm.c kvm_arch_init_vcpu)
+    HPT = "hpt"  # KVM refused the hash page table (hw/ppc/spapr.c spapr_reallocate_hpt)
 
 
 class When(enum.Enum):
@@ -50,10 +54,11 @@ class QemuRefusalError(KvmppcError):
     itself is a :class:`kvmppc.errors.UsageError`, never this.
     """
 
-    def __init__(self, kind: ProblemKind, message: str) -> None:
+    def __init__(self, kind: ProblemKind, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,11 @@ class Problem:
     detail: str | None = None  # kvmppc's explanation, when the message alone is not enough
     qemu: bool = True  # the message is QEMU's own text (False: kvmppc's)
     location: str | None = None  # the option QEMU names before a warning ("-m 0x10k")
+    # error_append_hint: the line QEMU prints after the error, without the program name
+    hint: str | None = None
+    # further error lines QEMU prints before it exits, each after the program name
+    # ("kvm_init_vcpu: kvm_arch_init_vcpu failed (0): Invalid argument")
+    more: tuple[str, ...] = ()
 
     @property
     def qemu_line(self) -> str:
@@ -85,11 +95,13 @@ class ProblemLog:
     notes: list[str] = field(default_factory=list)
 
     def error(self, kind: ProblemKind, message: str, when: When = When.STARTUP,
-              detail: str | None = None, *, qemu: bool = True) -> None:
-        self.errors.append(Problem(kind, message, when, self._next(), detail, qemu))
+              detail: str | None = None, *, qemu: bool = True, hint: str | None = None,
+              more: tuple[str, ...] = ()) -> None:
+        self.errors.append(Problem(kind, message, when, self._next(), detail, qemu,
+                                   hint=hint, more=more))
 
     def refused(self, refusal: QemuRefusalError) -> None:
-        self.error(refusal.kind, refusal.message)
+        self.error(refusal.kind, refusal.message, hint=refusal.hint)
 
     def warn(self, kind: ProblemKind, message: str, when: When = When.STARTUP,
              detail: str | None = None, *, qemu: bool = True,

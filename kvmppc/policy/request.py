@@ -17,6 +17,7 @@ from kvmppc.qemu_versions import choose
 
 QUERY_KEYS = (
     "max_page_size", "cpu", "machine", "mem_path", "memory", "accel", "kvm_type", "qemu_version",
+    "cap", "max_cpu_compat",
 )
 # hw/ppc/spapr.c spapr_kvm_type: no kvm-type is the kernel's default VM type.
 VM_TYPE_BY_KVM_TYPE = {None: "default", "HV": "hv", "PR": "pr"}
@@ -55,7 +56,10 @@ class CheckRequest:
     KVM, else TCG — what libvirt and the ``kvm`` wrapper do; plain ``qemu-system-ppc64``
     without ``-accel`` would pick TCG.  ``kvm_type`` "HV", "PR" or None (the default VM
     type: HV when kvm_hv is loaded).  ``qemu_version`` "7.2" or "10.0" (a modelled release;
-    None: the version the probe found installed, else the newest modelled).
+    None: the version the probe found installed, else the newest modelled).  ``caps`` are
+    the other ``-machine cap-NAME=VALUE`` properties as written ("cap-htm=off" or
+    "htm=off"; hpt-max-page-size goes in ``max_page_size``), in command-line order.
+    ``max_cpu_compat`` is ``-machine max-cpu-compat``'s text (None: not given).
     """
 
     max_page_size: str | None = None
@@ -66,6 +70,8 @@ class CheckRequest:
     accel: str | None = None
     kvm_type: str | None = None
     qemu_version: str | None = None
+    caps: tuple[str, ...] = ()
+    max_cpu_compat: str | None = None
 
     def __post_init__(self) -> None:
         if self.qemu_version is not None:
@@ -89,13 +95,20 @@ class CheckRequest:
         for path in self.mem_paths:
             if not path.startswith("/") or "\0" in path:
                 raise UsageError(f"mem_path {path!r} must be an absolute path")
+        for cap in self.caps:
+            name, eq, _value = cap.partition("=")
+            if not eq or name in ("", "cap-"):
+                raise UsageError(f"cap {cap!r}: give NAME=VALUE (e.g. htm=off or cap-htm=off)")
+            if name.removeprefix("cap-") == "hpt-max-page-size":
+                raise UsageError(f"cap {cap!r}: give cap-hpt-max-page-size as max_page_size")
 
     @classmethod
     def from_params(cls, params: Mapping[str, str | Sequence[str]]) -> CheckRequest:
         """From a query string (``urllib.parse.parse_qs`` output or a plain mapping).
 
         Keys: max_page_size, cpu, machine, mem_path (repeatable), memory, accel, kvm_type,
-        qemu_version.
+        qemu_version, cap (repeatable, NAME=VALUE), max_cpu_compat.  A cap
+        hpt-max-page-size=SIZE is taken as max_page_size when that is not given too.
         """
         unknown = sorted(set(params) - set(QUERY_KEYS))
         if unknown:
@@ -108,8 +121,16 @@ class CheckRequest:
         accel = _single(params, "accel")
         if accel is not None and accel not in ("kvm", "tcg"):
             raise UsageError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
+        cap = params.get("cap", ())
+        caps = [cap] if isinstance(cap, str) else list(cap)
+        max_page_size = _single(params, "max_page_size")
+        for text in list(caps):
+            name, eq, value = text.partition("=")
+            if eq and name.removeprefix("cap-") == "hpt-max-page-size" and max_page_size is None:
+                max_page_size = value
+                caps.remove(text)
         return cls(
-            max_page_size=_single(params, "max_page_size"),
+            max_page_size=max_page_size,
             cpu=_single(params, "cpu"),
             machine=_single(params, "machine") or "pseries",
             mem_paths=mem_paths,
@@ -117,6 +138,8 @@ class CheckRequest:
             accel=accel,
             kvm_type=_normalise_kvm_type(_single(params, "kvm_type")),
             qemu_version=_single(params, "qemu_version"),
+            caps=tuple(caps),
+            max_cpu_compat=_single(params, "max_cpu_compat"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,4 +152,6 @@ class CheckRequest:
             "accel": self.accel,
             "kvm_type": self.kvm_type,
             "qemu_version": self.qemu_version,
+            "caps": list(self.caps),
+            "max_cpu_compat": self.max_cpu_compat,
         }

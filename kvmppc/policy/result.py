@@ -83,7 +83,8 @@ class CheckResult:
         ]
         if self.errors:
             lines.append((self.errors[0].order, self.errors[0].message))
-        return tuple(line for _order, line in sorted(lines))
+        return tuple(line for _order, line in sorted(lines)) + (
+            self.errors[0].more if self.errors else ())
 
 
 @dataclass(frozen=True)
