@@ -133,12 +133,11 @@ def cmd_pagesizes(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415 - see the docstring
 
     from kvmppc.policy import QemuRefusalError, pagesizes  # noqa: PLC0415 - see the docstring
+    from kvmppc.policy.caps import check_cap_syntax  # noqa: PLC0415 - same
     from kvmppc.policy.machines import qemu_models  # noqa: PLC0415 - same
     from kvmppc.probe import probe_qemu_version  # noqa: PLC0415 - same
     from kvmppc.qemu_versions import choose  # noqa: PLC0415 - same
     from kvmppc.render import page_sizes_json, render_page_sizes  # noqa: PLC0415 - same
-
-    from kvmppc.policy.caps import check_cap_syntax  # noqa: PLC0415 - same
 
     try:
         installed = None if args.qemu_version else probe_qemu_version("qemu-system-ppc64")

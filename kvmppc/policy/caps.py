@@ -250,11 +250,11 @@ class KvmSpectre:
 
 def kvm_spectre(vm: VmTypeInfo, host_is_power8: bool) -> KvmSpectre | None:
     """The four levels from KVM_PPC_GET_CPU_CHAR (all broken without the cap or the ioctl);
-    None when the probe has no answer (a profile without the VM's caps)."""
-    if not vm.caps:
+    None when the probe did not ask for KVM_CAP_PPC_GET_CPU_CHAR."""
+    if "PPC_GET_CPU_CHAR" not in vm.caps:
         return None
     char: CpuChar | None = vm.cpu_char
-    if not vm.caps.get("PPC_GET_CPU_CHAR") or char is None:
+    if not vm.caps["PPC_GET_CPU_CHAR"] or char is None:
         return KvmSpectre(BROKEN, BROKEN, BROKEN, OFF)
     c = char.character & char.character_mask
     b = char.behaviour & char.behaviour_mask
@@ -303,6 +303,7 @@ class Said:
     error: bool = True
     hint: str | None = None  # error_append_hint: printed after the error, no prefix
     qemu: bool = True  # False: kvmppc's words where the probe cannot tell
+    note: bool = False  # True: only a note (the probe did not record what QEMU asks)
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def _try_off(name: str) -> str:
 def _unknown(name: str, kvm_cap: str, message: str) -> Said:
     return Said(f"cap-{name}=on needs KVM_CAP_{kvm_cap}, which this probe did not record;"
                 f" QEMU stops with '{message}' if KVM lacks it (take the probe again with this"
-                " kvmppc)", error=False, qemu=False)
+                " kvmppc)", error=False, qemu=False, note=True)
 
 
 def _apply_htm(ctx: ApplyContext, val: int) -> list[Said]:
@@ -342,7 +343,9 @@ def _apply_htm(ctx: ApplyContext, val: int) -> list[Said]:
     message = "KVM implementation does not support Transactional Memory"
     htm = ctx.kvm_cap("PPC_HTM")
     if htm is None:
-        return [_unknown("htm", "PPC_HTM", message)]
+        return [Said(f"cap-htm is on for {ctx.cpu.family}: QEMU stops with '{message}' unless"
+                     " this KVM has KVM_CAP_PPC_HTM (not in the probe); add cap-htm=off to be"
+                     " sure", error=False, qemu=False)]
     if not htm:
         # target/ppc/kvm.c kvm_arch_init_vcpu turns cap_htm on for POWER8 models under HV
         # when the host's AT_HWCAP2 has HTM; the probe does not read the auxv.
@@ -373,7 +376,8 @@ def _spectre(name: str, what: str, kvm_field: str) -> Callable[[ApplyContext, in
         if ctx.spectre is None:
             return [Said(f"cap-{name}={cap_value_name(name, val)} needs KVM_PPC_GET_CPU_CHAR,"
                          " which this probe did not record; QEMU stops with"
-                         f" '{message}' if KVM offers less", error=False, qemu=False)]
+                         f" '{message}' if KVM offers less", error=False, qemu=False,
+                         note=True)]
         kvm_val: int = getattr(ctx.spectre, kvm_field)
         if val > kvm_val:
             return [Said(message, hint=f"Try appending -machine cap-{name}="
@@ -419,7 +423,7 @@ def _apply_large_decr(ctx: ApplyContext, val: int) -> list[Said]:
         return [Said("cap-large-decr=on needs the host's ibm,dec-bits, which this probe did"
                      " not record; QEMU stops with 'No large decrementer support' if the host"
                      " has none (take the probe again with this kvmppc)", error=False,
-                     qemu=False)]
+                     qemu=False, note=True)]
     model_bits = _LRG_DECR_BITS.get(ctx.cpu.family, 0)
     if not ctx.dec_bits:
         return [Said("No large decrementer support", hint=_try_off("large-decr"))]
@@ -441,7 +445,7 @@ def _apply_ccf_assist(ctx: ApplyContext, val: int) -> list[Said]:
     if ctx.spectre is None:
         return [Said("cap-ccf-assist=on needs KVM_PPC_GET_CPU_CHAR, which this probe did not"
                      f" record; QEMU stops with '{message}' if KVM lacks it", error=False,
-                     qemu=False)]
+                     qemu=False, note=True)]
     # A host with count-cache-disabled makes the flush unnecessary: QEMU allows it.
     if val > ctx.spectre.ccf_assist and ctx.spectre.ibs != FIXED_CCD:
         return [Said(message, hint=_try_off("ccf-assist"))]
@@ -552,6 +556,6 @@ def apply_caps(ctx: ApplyContext, *, until: str | None = None,
 __all__ = [
     "APPLY", "BASE_DEFAULTS", "CAPS", "COMPAT_LEVELS", "CPU_RULES", "MACHINE_OVERRIDES",
     "ApplyContext", "CapInfo", "CompatLevel", "KvmSpectre", "Said", "apply_caps",
-    "cap_value_name", "check_cap_syntax", "default_caps", "kvm_spectre", "parse_cap", "parse_max_cpu_compat",
-    "split_cap", "supports_compat",
+    "cap_value_name", "check_cap_syntax", "default_caps", "kvm_spectre", "parse_cap",
+    "parse_max_cpu_compat", "split_cap", "supports_compat",
 ]

@@ -369,7 +369,9 @@ def _create_vcpus(s: _Startup) -> bool:
     s.log.error(K.VCPU, MSG_HV_CPU_HOST, more=(MSG_INIT_VCPU,),
                 detail=f"KVM-HV takes only the host's PVR ({host_pvr:#010x}); {cpu.name}'s is"
                 f" {cpu.pvr:#010x}")
-    return False
+    # QEMU exits here; the later checks still say what this model would meet where KVM
+    # takes it (KVM-PR, or a host with this PVR).
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,7 +446,9 @@ def _apply_context(s: _Startup) -> spapr_caps.ApplyContext:
 def _log_caps(s: _Startup, said: list[tuple[str, spapr_caps.Said]]) -> None:
     for name, what in said:
         kind = K.HTM if name == "htm" else K.CAPABILITY
-        if what.error:
+        if what.note:
+            s.log.note(what.message)
+        elif what.error:
             s.log.error(kind, what.message, hint=what.hint, qemu=what.qemu)
         else:
             s.log.warn(kind, what.message, qemu=what.qemu)
