@@ -257,9 +257,8 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
         "message": problem.message,
         "when": problem.when.value,
         "detail": problem.detail,
-        "hint": problem.hint,
-        "more": list(problem.more),
         "qemu_text": problem.qemu,
+        "more": list(problem.more),
     }
 
 
@@ -361,10 +360,7 @@ def check_json(result: CheckResult) -> dict[str, Any]:
 
 def _problem_line(problem: Problem) -> str:
     text = f"  qemu-system-ppc64: {problem.message}" if problem.qemu else f"  {problem.message}"
-    if problem.hint:
-        text += f"\n  {problem.hint}"
-    for line in problem.more:
-        text += f"\n  qemu-system-ppc64: {line}"
+    text += "".join(f"\n  qemu-system-ppc64: {line}" for line in problem.more)
     if problem.detail:
         text += f"\n      ({problem.detail})"
     return text

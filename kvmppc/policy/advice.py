@@ -106,11 +106,12 @@ def _machine_options(result: CheckResult) -> tuple[str, ...]:
     """The -machine options QEMU's hints name (error_append_hint), first error first."""
     options: list[str] = []
     for problem in result.errors:
-        if problem.hint and problem.hint.startswith(_APPEND):
-            option = problem.hint[len(_APPEND):].strip()
+        hints = [line for line in problem.more if line.startswith(_APPEND)]
+        for hint in hints:  # error_append_hint: "Try appending -machine cap-fwnmi=off"
+            option = hint[len(_APPEND):].strip()
             if option not in options:
                 options.append(option)
-        elif problem.kind == K.HTM and "cap-htm=off" not in options:
+        if not hints and problem.kind == K.HTM and "cap-htm=off" not in options:
             options.append("cap-htm=off")
     return tuple(options)
 

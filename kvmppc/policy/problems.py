@@ -54,11 +54,11 @@ class QemuRefusalError(KvmppcError):
     itself is a :class:`kvmppc.errors.UsageError`, never this.
     """
 
-    def __init__(self, kind: ProblemKind, message: str, hint: str | None = None) -> None:
+    def __init__(self, kind: ProblemKind, message: str, more: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
-        self.hint = hint
+        self.more = more  # the lines QEMU prints after it before it exits (see Problem.more)
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,8 @@ class Problem:
     detail: str | None = None  # kvmppc's explanation, when the message alone is not enough
     qemu: bool = True  # the message is QEMU's own text (False: kvmppc's)
     location: str | None = None  # the option QEMU names before a warning ("-m 0x10k")
-    # error_append_hint: the line QEMU prints after the error, without the program name
-    hint: str | None = None
-    # further error lines QEMU prints before it exits, each after the program name
-    # ("kvm_init_vcpu: kvm_arch_init_vcpu failed (0): Invalid argument")
+    # For an error: the lines QEMU prints after the message before it exits, word for word
+    # (an error_append_hint, the caller's own report: "-accel kvm: failed to initialize kvm").
     more: tuple[str, ...] = ()
 
     @property
@@ -95,13 +93,12 @@ class ProblemLog:
     notes: list[str] = field(default_factory=list)
 
     def error(self, kind: ProblemKind, message: str, when: When = When.STARTUP,
-              detail: str | None = None, *, qemu: bool = True, hint: str | None = None,
+              detail: str | None = None, *, qemu: bool = True,
               more: tuple[str, ...] = ()) -> None:
-        self.errors.append(Problem(kind, message, when, self._next(), detail, qemu,
-                                   hint=hint, more=more))
+        self.errors.append(Problem(kind, message, when, self._next(), detail, qemu, more=more))
 
     def refused(self, refusal: QemuRefusalError) -> None:
-        self.error(refusal.kind, refusal.message, hint=refusal.hint)
+        self.error(refusal.kind, refusal.message, more=refusal.more)
 
     def warn(self, kind: ProblemKind, message: str, when: When = When.STARTUP,
              detail: str | None = None, *, qemu: bool = True,

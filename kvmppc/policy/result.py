@@ -74,8 +74,9 @@ class CheckResult:
 
     @property
     def qemu_output(self) -> tuple[str, ...]:
-        """What QEMU 7.2 prints before it stops (or starts): warnings up to the first error,
-        then that error, each without the ``qemu-system-ppc64: `` prefix."""
+        """What QEMU prints before it stops (or starts): warnings up to the first error,
+        then that error and the lines QEMU adds to it (:attr:`Problem.more`), each without
+        the ``qemu-system-ppc64: `` prefix."""
         stop = self.errors[0].order if self.errors else None
         lines = [
             (p.order, p.qemu_line) for p in self.warnings
@@ -83,8 +84,8 @@ class CheckResult:
         ]
         if self.errors:
             lines.append((self.errors[0].order, self.errors[0].message))
-        return tuple(line for _order, line in sorted(lines)) + (
-            self.errors[0].more if self.errors else ())
+        more = self.errors[0].more if self.errors else ()
+        return tuple(line for _order, line in sorted(lines)) + more
 
 
 @dataclass(frozen=True)

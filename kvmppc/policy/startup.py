@@ -254,9 +254,11 @@ def kvm_context(probe: ProbeResult, kvm_type: str | None, log: ProblemLog) -> Kv
     vm = probe.vm_type(VM_TYPE_BY_KVM_TYPE[kvm_type])
     if vm is None or not vm.available:
         # accel/kvm/kvm-all.c kvm_init; -EINVAL from KVM_CREATE_VM: that module is absent.
+        # kvm_arch_get_default_type's hint (target/ppc/kvm.c), then kvm_init's caller.
         module = "pr" if kvm_type == "PR" else "hv"
-        log.error(K.ACCEL, "ioctl(KVM_CREATE_VM) failed: 22 Invalid argument")
-        log.note(f"QEMU adds: PPC KVM module is not loaded. Try modprobe kvm_{module}.")
+        log.error(K.ACCEL, "ioctl(KVM_CREATE_VM) failed: 22 Invalid argument", more=(
+            f"PPC KVM module is not loaded. Try modprobe kvm_{module}.",
+            "-accel kvm: failed to initialize kvm: Invalid argument"))
         return None
     smmu: SmmuInfo | None = vm.smmu
     smmu_error = None
@@ -449,7 +451,8 @@ def _log_caps(s: _Startup, said: list[tuple[str, spapr_caps.Said]]) -> None:
         if what.note:
             s.log.note(what.message)
         elif what.error:
-            s.log.error(kind, what.message, hint=what.hint, qemu=what.qemu)
+            s.log.error(kind, what.message, qemu=what.qemu,
+                        more=(what.hint,) if what.hint else ())
         else:
             s.log.warn(kind, what.message, qemu=what.qemu)
 
