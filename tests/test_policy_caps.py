@@ -67,10 +67,92 @@ def says(probe: ProbeResult, *argv: str) -> tuple[bool, tuple[str, ...]]:
     # machines-00 and -02: the defaults of pseries-7.2 and pseries-2.12 start
     (("-M", "pseries-7.2", "-m", "2G"), True, ()),
     (("-M", "pseries-2.12", "-m", "2G"), True, ()),
+    # the full report (power9-hv.md, 135 cases), the cases about caps and CPUs:
+    # machines-16 and -17: pseries-2.11 turns cap-htm on; KVM_CAP_PPC_HTM is 0
+    (("-M", "pseries-2.11", "-m", "2G"), False,
+     ("KVM implementation does not support Transactional Memory",
+      "Try appending -machine cap-htm=off")),
+    (("-M", "pseries-2.11", "-cpu", "host", "-m", "2G"), False,
+     ("KVM implementation does not support Transactional Memory",
+      "Try appending -machine cap-htm=off")),
+    # cpu-models-03 to -06: every model but the host's
+    *[(("-M", "pseries-7.2,cap-fwnmi=off", "-cpu", cpu, "-m", "2G"), False,
+       (REGISTER_SYNC, INIT_VCPU)) for cpu in ("POWER10", "POWER7", "power8_v2.0", "970")],
+    # max-cpu-compat-02 to -09
+    (("-M", "pseries-7.2,max-cpu-compat=power9", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,max-cpu-compat=power9", "-cpu", "host", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,max-cpu-compat=power7", "-m", "2G"), False,
+     ("HPT not supported in nested guests",)),
+    (("-M", "pseries-7.2,max-cpu-compat=power10", "-cpu", "host", "-m", "2G"), False,
+     ("Compatibility PVR 0x0f000006 not valid for CPU",)),
+    (("-M", "pseries-7.2,max-cpu-compat=power8,cap-fwnmi=off", "-m", "2G"), False,
+     ("HPT not supported in nested guests",)),
+    # caps-03 to -20
+    (("-M", "pseries-7.2,cap-htm=on", "-m", "2G"), False,
+     ("KVM implementation does not support Transactional Memory",
+      "Try appending -machine cap-htm=off")),
+    (("-M", "pseries-7.2,cap-nested-hv=on", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,cap-ccf-assist=on", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,cap-cfpc=workaround", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,cap-cfpc=fixed", "-m", "2G"), False,
+     ("Requested safe cache capability level not supported by KVM",
+      "Try appending -machine cap-cfpc=workaround")),
+    (("-M", "pseries-7.2,cap-sbbc=fixed", "-m", "2G"), False,
+     ("Requested safe bounds check capability level not supported by KVM",
+      "Try appending -machine cap-sbbc=workaround")),
+    (("-M", "pseries-7.2,cap-ibs=fixed-ibs", "-m", "2G"), False,
+     ("Requested safe indirect branch capability level not supported by KVM",
+      "Try appending -machine cap-ibs=workaround")),
+    (("-M", "pseries-7.2,cap-ibs=workaround", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,cap-ail-mode-3=off", "-m", "2G"), False,
+     ("Property 'pseries-7.2-machine.cap-ail-mode-3' not found",)),
+    (("-M", "pseries-7.2,cap-rpt-invalidate=on", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,cap-fwnmi=off,cap-htm=on", "-m", "2G"), False,
+     ("KVM implementation does not support Transactional Memory",
+      "Try appending -machine cap-htm=off")),
+    (("-M", "pseries-7.2,cap-fwnmi=off,cap-large-decr=on", "-m", "2G"), True, ()),
 ])
 def test_real_nested_power9_runs(argv: tuple[str, ...], ok: bool,
                                  lines: tuple[str, ...]) -> None:
     assert says(P9, *argv) == (ok, lines)
+
+
+# --- the real runs: QEMU 7.2 in a POWER8 KVM-PR guest (power8-pr.md) -------------------------
+
+LARGE_DECR = ("No large decrementer support", "Try appending -machine cap-large-decr=off")
+VSMT = "warning: Failed to set KVM's VSMT mode to 8 (errno -22)"
+
+
+@pytest.mark.parametrize(("argv", "ok", "lines"), [
+    # machines-06, -14: FWNMI is on from pseries-5.0; machines-12: pseries-4.2 has it off
+    (("-M", "pseries-5.2", "-m", "2G"), False, (FWNMI, "Try appending -machine cap-fwnmi=off")),
+    (("-M", "pseries-6.2", "-cpu", "host", "-m", "2G"), False,
+     (FWNMI, "Try appending -machine cap-fwnmi=off")),
+    (("-M", "pseries-4.2", "-m", "2G"), True, ()),
+    (("-M", "pseries-5.2,cap-fwnmi=off,cap-ccf-assist=off", "-m", "2G"), True, ()),
+    # machines-04, -10, -16, -02: pseries-4.1 and older ask KVM-PR for VSMT mode 8
+    (("-M", "pseries-3.0", "-m", "2G"), True, (VSMT,)),
+    (("-M", "pseries-3.1", "-cpu", "host", "-m", "2G"), True, (VSMT,)),
+    (("-M", "pseries-2.11", "-m", "2G"), False,
+     (VSMT, "KVM implementation does not support Transactional Memory",
+      "Try appending -machine cap-htm=off")),
+    (("-M", "pseries-2.12", "-m", "2G"), False, (VSMT, "KVM doesn't support page shift 24/12")),
+    # cpu-models-00: KVM-PR takes another model (POWER8 is the host's; POWER9 and POWER10
+    # get cap-large-decr on, and this POWER8 host has no ibm,dec-bits: cpu-models-01, -03)
+    (("-M", "pseries-7.2,cap-fwnmi=off", "-cpu", "POWER8", "-m", "2G"), True, ()),
+    (("-M", "pseries-7.2,cap-fwnmi=off", "-cpu", "POWER9", "-m", "2G"), False, LARGE_DECR),
+    (("-M", "pseries-7.2,cap-fwnmi=off", "-cpu", "POWER10", "-m", "2G"), False, LARGE_DECR),
+    # caps-02: large-decr (index 8) is checked before fwnmi (index 10)
+    (("-M", "pseries-7.2,cap-large-decr=on", "-m", "2G"), False, LARGE_DECR),
+    (("-M", "pseries-7.2,cap-fwnmi=off,cap-large-decr=on", "-m", "2G"), False, LARGE_DECR),
+    # max-cpu-compat-08, -09: ppc_set_compat's KVM_REG_PPC_ARCH_COMPAT, which PR lacks
+    (("-M", "pseries-7.2,max-cpu-compat=power8,cap-fwnmi=off", "-m", "2G"), False,
+     ("Unable to set CPU compatibility mode in KVM: Invalid argument",)),
+    (("-M", "pseries-7.2,max-cpu-compat=power8,cap-fwnmi=off", "-cpu", "host", "-m", "2G"),
+     False, ("Unable to set CPU compatibility mode in KVM: Invalid argument",)),
+])
+def test_real_power8_pr_runs(argv: tuple[str, ...], ok: bool, lines: tuple[str, ...]) -> None:
+    assert says(PR, *argv) == (ok, lines)
 
 
 # --- QEMU's and the kernel's sources ---------------------------------------------------------

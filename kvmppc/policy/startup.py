@@ -365,7 +365,14 @@ def _create_vcpus(s: _Startup) -> bool:
     ``kvm_arch_sync_sregs`` sets the model's PVR with KVM_SET_SREGS; error_report prints
     the first line, accel/kvm's error_setg_errno (vCPU 0) the second, then QEMU exits."""
     cpu, kvm, host_pvr = s.cpu, s.kvm, s.probe.host.pvr
-    assert cpu is not None
+    assert cpu is not None and s.machine is not None
+    if kvm is not None and kvm.vm.is_pr and s.machine.version <= (4, 1):
+        # spapr_set_vsmt_mode (just before the vCPUs): pseries-4.1 and older
+        # (smp_threads_vsmt false) ask KVM for VSMT mode 8; KVM-PR has no set_smt_mode
+        # (powerpc.c KVM_ENABLE_CAP KVM_CAP_PPC_SMT: -EINVAL), and one thread per core
+        # fits KVM's mode 1, so QEMU only warns.  (QEMU checks this after the RAM
+        # alignment, so a misaligned -m prints its error first.)
+        s.log.warn(K.VCPU, "Failed to set KVM's VSMT mode to 8 (errno -22)")
     if kvm is None or kvm.vm.is_pr or host_pvr is None or cpu.pvr == host_pvr:
         return True
     s.log.error(K.VCPU, MSG_HV_CPU_HOST, more=(MSG_INIT_VCPU,),
@@ -500,11 +507,10 @@ def _set_compat(s: _Startup) -> bool:
         s.log.error(K.COMPAT, f"Compatibility PVR 0x{level.pvr:08x} not valid for CPU")
         return True
     if s.kvm is not None and s.kvm.vm.is_pr:
-        # kvmppc_set_compat sets KVM_REG_PPC_ARCH_COMPAT, a register only book3s_hv.c
-        # handles; whether 7.2 asks KVM-PR for it at reset is not confirmed on a real run.
-        s.log.warn(K.COMPAT, "max-cpu-compat under KVM-PR: QEMU may stop with 'Unable to set"
-                   " CPU compatibility mode in KVM: Invalid argument' (KVM-PR has no"
-                   " KVM_REG_PPC_ARCH_COMPAT)", qemu=False)
+        # kvmppc_set_compat sets KVM_REG_PPC_ARCH_COMPAT (ONE_REG), which only book3s_hv.c
+        # handles: KVM-PR's kvmppc_set_one_reg_pr gives -EINVAL (the real POWER8 KVM-PR runs
+        # print this for max-cpu-compat=power8).
+        s.log.error(K.COMPAT, "Unable to set CPU compatibility mode in KVM: Invalid argument")
     return True
 
 
