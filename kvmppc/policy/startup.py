@@ -365,14 +365,7 @@ def _create_vcpus(s: _Startup) -> bool:
     ``kvm_arch_sync_sregs`` sets the model's PVR with KVM_SET_SREGS; error_report prints
     the first line, accel/kvm's error_setg_errno (vCPU 0) the second, then QEMU exits."""
     cpu, kvm, host_pvr = s.cpu, s.kvm, s.probe.host.pvr
-    assert cpu is not None and s.machine is not None
-    if kvm is not None and kvm.vm.is_pr and s.machine.version <= (4, 1):
-        # spapr_set_vsmt_mode (just before the vCPUs): pseries-4.1 and older
-        # (smp_threads_vsmt false) ask KVM for VSMT mode 8; KVM-PR has no set_smt_mode
-        # (powerpc.c KVM_ENABLE_CAP KVM_CAP_PPC_SMT: -EINVAL), and one thread per core
-        # fits KVM's mode 1, so QEMU only warns.  (QEMU checks this after the RAM
-        # alignment, so a misaligned -m prints its error first.)
-        s.log.warn(K.VCPU, "Failed to set KVM's VSMT mode to 8 (errno -22)")
+    assert cpu is not None
     if kvm is None or kvm.vm.is_pr or host_pvr is None or cpu.pvr == host_pvr:
         return True
     s.log.error(K.VCPU, MSG_HV_CPU_HOST, more=(MSG_INIT_VCPU,),
