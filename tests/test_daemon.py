@@ -241,6 +241,27 @@ def test_kvmppc_query_check_takes_check_flags(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "invalid choice: 'xen'" in bad.stderr
 
 
+def test_query_check_takes_caps_and_compat(tmp_path: Path) -> None:
+    """--cap and --max-cpu-compat reach the daemon (query keys cap, max_cpu_compat).  The real
+    POWER8 KVM-PR runs (power8-pr.md): FWNMI refused unless cap-fwnmi=off; max-cpu-compat
+    needs KVM_REG_PPC_ARCH_COMPAT, which KVM-PR lacks."""
+    with run_daemon(tmp_path, "--host-profile", "power8-hash-pr") as daemon:
+        sock = ("--socket", daemon.socket_path)
+        base = ("query", "check", "--json", "--qemu-version", "7.2", "--cpu", "power8", *sock)
+        no = json.loads(kvmppc(*base).stdout)
+        assert no["qemu_output"] == [
+            "Firmware Assisted Non-Maskable Interrupts(FWNMI) not supported by KVM.",
+            "Try appending -machine cap-fwnmi=off"]
+        yes = kvmppc(*base, "--cap", "fwnmi=off")
+        assert yes.returncode == 0, yes.stdout
+        compat = json.loads(kvmppc(*base, "--cap", "cap-fwnmi=off", "--max-cpu-compat",
+                                   "power8").stdout)
+        assert compat["qemu_output"] == [
+            "Unable to set CPU compatibility mode in KVM: Invalid argument"]
+        status, body = daemon.get("/v1/check?cap=htm&qemu_version=7.2")
+        assert status == 400 and "give NAME=VALUE" in body["error"]
+
+
 def test_kvmppc_query_host_and_health(tmp_path: Path) -> None:
     with run_daemon(tmp_path) as daemon:
         host = kvmppc("query", "host", "--socket", daemon.socket_path)
