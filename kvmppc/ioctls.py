@@ -116,7 +116,6 @@ class Cap(enum.IntEnum):
     PPC_NESTED_HV = 160
     PPC_SECURE_GUEST = 181
     PPC_DAWR1 = 194
-    PPC_RPT_INVALIDATE = 202  # cap-rpt-invalidate=on under KVM needs it
     PPC_AIL_MODE_3 = 210
 
 
