@@ -77,6 +77,8 @@ def _ask_daemon(config: HookConfig, xml: bytes) -> Answer:
                   if value not in (None, [])}
         if "mem_paths" in params:
             params["mem_path"] = params.pop("mem_paths")
+        if "caps" in params:  # the query key is cap (repeatable), as CheckRequest's
+            params["cap"] = params.pop("caps")
         status, body, _headers = client.request("GET", "/v1/check", params)
         if status != 200 or not isinstance(body, dict):
             raise KvmppcError(f"the daemon answered GET /v1/check with {status}: {body}")
