@@ -50,6 +50,11 @@ def register(subparsers: Any) -> None:
     sizes.add_argument("--max-page-size", metavar="SIZE",
                        help="cap-hpt-max-page-size, in QEMU's size syntax (default: the"
                        " machine's)")
+    sizes.add_argument("--cap", metavar="NAME=VALUE", action="append", default=[],
+                       help="another -machine cap-NAME=VALUE, checked for its syntax"
+                       " (repeatable; cap-hpt-max-page-size=SIZE sets the page-size cap)")
+    sizes.add_argument("--max-cpu-compat", metavar="MODE",
+                       help="-machine max-cpu-compat, checked for its syntax")
     sizes.add_argument("--json", action="store_true", help="print JSON")
     sizes.set_defaults(func=cmd_pagesizes)
 
@@ -91,6 +96,11 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qemu-version", metavar="7.2|10.0",
                         help="the QEMU release to answer for (default: the one the probe found"
                         " installed, else the newest modelled)")
+    parser.add_argument("--cap", metavar="NAME=VALUE", action="append", default=[],
+                        help="another -machine cap-NAME=VALUE (repeatable, e.g. --cap htm=off"
+                        " --cap cap-fwnmi=off)")
+    parser.add_argument("--max-cpu-compat", metavar="MODE",
+                        help="-machine max-cpu-compat (power7, power8, power9, power10...)")
     add_memory_arguments(parser)
 
 
@@ -128,6 +138,10 @@ def check_params(args: argparse.Namespace, *, absolute_paths: bool) -> dict[str,
             params[key] = getattr(args, key)
     if getattr(args, "backend", None):
         params["backend"] = list(args.backend)
+    if getattr(args, "cap", None):
+        params["cap"] = list(args.cap)
+    if getattr(args, "max_cpu_compat", None) is not None:
+        params["max_cpu_compat"] = args.max_cpu_compat
     return params
 
 
@@ -140,6 +154,7 @@ def cmd_pagesizes(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415 - see the docstring
 
     from kvmppc.policy import QemuRefusalError, pagesizes  # noqa: PLC0415 - see the docstring
+    from kvmppc.policy.caps import check_cap_syntax  # noqa: PLC0415 - same
     from kvmppc.policy.machines import qemu_models  # noqa: PLC0415 - same
     from kvmppc.probe import probe_qemu_version  # noqa: PLC0415 - same
     from kvmppc.qemu_versions import choose  # noqa: PLC0415 - same
@@ -148,11 +163,13 @@ def cmd_pagesizes(args: argparse.Namespace) -> int:
     try:
         installed = None if args.qemu_version else probe_qemu_version("qemu-system-ppc64")
         choice = choose(args.qemu_version, installed)
-        result = pagesizes(args.cpu, args.machine, args.max_page_size,
-                           qemu_models(choice.table))
+        models = qemu_models(choice.table)
+        max_page_size = check_cap_syntax(args.machine, args.cap, args.max_cpu_compat,
+                                         args.max_page_size, models)
+        result = pagesizes(args.cpu, args.machine, max_page_size, models)
     except ValueError as exc:
         return _fail_usage(f"--qemu-version: {exc}")
-    except QemuRefusalError as exc:
+    except (QemuRefusalError, UsageError) as exc:
         return _fail_usage(str(exc))
     for note in choice.notes:
         print(f"kvmppc: note: {note}", file=sys.stderr)

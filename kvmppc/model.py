@@ -208,6 +208,10 @@ class HostInfo:
     qemu_version: str | None = None
     # What QEMU's anonymous guest RAM may commit (probes from before the field: None)
     memory: MemoryInfo | None = None
+    # the first CPU node's ibm,dec-bits in /proc/device-tree (target/ppc/kvm.c
+    # kvmppc_get_dec_bits: what cap-large-decr=on under KVM needs); 0 when the host has none,
+    # None when not probed (profiles taken before kvmppc read it)
+    dec_bits: int | None = None
 
     @property
     def is_powerpc(self) -> bool:

@@ -164,6 +164,7 @@ def probe_host(paths: ProbePaths, *, machine: str, base_page_size: int) -> HostI
         base_page_size=base_page_size,
         error="; ".join(errors) or None,
         qemu_version=probe_qemu_version(paths.qemu),
+        dec_bits=probe_dec_bits(paths) if machine.startswith(("ppc", "powerpc")) else None,
     )
 
 
@@ -181,6 +182,24 @@ def probe_memory(paths: ProbePaths) -> MemoryInfo:
             values[_MEMINFO_KEYS[key]] = int(rest.split()[0]) * 1024  # kB
     mode = int(_read(Path(paths.proc, "sys/vm/overcommit_memory")).strip())
     return MemoryInfo(overcommit_memory=mode, **values)
+def probe_dec_bits(paths: ProbePaths) -> int:
+    """target/ppc/kvm.c ``kvmppc_get_dec_bits``: ``ibm,dec-bits`` of the first CPU node of
+    /proc/device-tree/cpus that has a ``clock-frequency`` (kvmppc_find_cpu_dt), a big-endian
+    cell; 0 when there is none (QEMU then says "No large decrementer support")."""
+    cpus = Path(paths.proc, "device-tree/cpus")
+    try:
+        nodes = sorted(cpus.iterdir())
+    except OSError:
+        return 0
+    for node in nodes:
+        if not (node / "clock-frequency").exists():
+            continue
+        try:
+            raw = (node / "ibm,dec-bits").read_bytes()
+        except OSError:
+            return 0
+        return int.from_bytes(raw[:4], "big") if len(raw) >= 4 else 0
+    return 0
 
 
 # --------------------------------------------------------------------------------------------

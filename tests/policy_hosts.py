@@ -54,7 +54,7 @@ HV_GUESSED_SMMU = SmmuInfo(
     source=SmmuSource.GUESSED,
 )
 
-POWER9_PVR = 0x004E1202
+POWER9_PVR = 0x004E1200  # POWER9 DD2.0: QEMU 7.2's power9 model, so KVM-HV takes -cpu power9
 POWER8_PVR = 0x004D0200
 
 

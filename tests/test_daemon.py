@@ -140,7 +140,9 @@ CANT_16M_ON_64K = ("Can't support 16384 kiB guest pages with 64 kiB host pages w
 # without KVM_CAP_PPC_MMU_HASH_V3) plus 2 MiB and 1 GiB mounts, and QEMU 7.2's answer written
 # by hand from its rules: (errors in QEMU's order, cap in bytes, smallest backing page).
 # spapr_check_pagesize: the cap may not exceed the RAM backing page under PAGE_SIZES_REAL;
-# spapr_check_mmu_mode: a hash-only model (POWER8) is refused on a radix-only KVM.
+# spapr_check_mmu_mode: a hash-only model (POWER8) is refused on a radix-only KVM; before
+# that KVM-HV refuses a PVR not the host's (target/ppc/kvm.c kvm_arch_init_vcpu, as QEMU 7.2
+# printed it in the real POWER9 nested guest) and nested KVM-HV allocates no HPT.
 CHECKS_ON_THE_PROFILE = [
     ({}, [], 64 << 10, 64 << 10),  # pseries-7.2's default cap, 64K, on 64 KiB pages
     ({"max_page_size": "16M"}, [CANT_16M_ON_64K], 16 << 20, 64 << 10),
@@ -148,7 +150,9 @@ CHECKS_ON_THE_PROFILE = [
     ({"max_page_size": "1G", "mem_path": "/mnt/huge1g/g", "kvm_type": "HV", "memory": "4G"},
      [], 1 << 30, 1 << 30),
     ({"max_page_size": "16M", "cpu": "POWER8", "machine": "pseries-4.2"},
-     [CANT_16M_ON_64K, "Guest requested unavailable MMU mode (hash)."], 16 << 20, 64 << 10),
+     ['Register sync failed... If you\'re using kvm-hv.ko, only "-cpu host" is possible',
+      CANT_16M_ON_64K, "HPT not supported in nested guests",
+      "Guest requested unavailable MMU mode (hash)."], 16 << 20, 64 << 10),
 ]
 
 
@@ -242,6 +246,27 @@ def test_kvmppc_query_check_takes_check_flags(tmp_path: Path) -> None:
         # Refused before asking, by the flags query shares with check.
         bad = kvmppc("query", "check", "--accel", "xen", *sock)
         assert bad.returncode == 2 and "invalid choice: 'xen'" in bad.stderr
+
+
+def test_query_check_takes_caps_and_compat(tmp_path: Path) -> None:
+    """--cap and --max-cpu-compat reach the daemon (query keys cap, max_cpu_compat).  The real
+    POWER8 KVM-PR runs (power8-pr.md): FWNMI refused unless cap-fwnmi=off; max-cpu-compat
+    needs KVM_REG_PPC_ARCH_COMPAT, which KVM-PR lacks."""
+    with run_daemon(tmp_path, "--host-profile", "power8-hash-pr") as daemon:
+        sock = ("--socket", daemon.socket_path)
+        base = ("query", "check", "--json", "--qemu-version", "7.2", "--cpu", "power8", *sock)
+        no = json.loads(kvmppc(*base).stdout)
+        assert no["qemu_output"] == [
+            "Firmware Assisted Non-Maskable Interrupts(FWNMI) not supported by KVM.",
+            "Try appending -machine cap-fwnmi=off"]
+        yes = kvmppc(*base, "--cap", "fwnmi=off")
+        assert yes.returncode == 0, yes.stdout
+        compat = json.loads(kvmppc(*base, "--cap", "cap-fwnmi=off", "--max-cpu-compat",
+                                   "power8").stdout)
+        assert compat["qemu_output"] == [
+            "Unable to set CPU compatibility mode in KVM: Invalid argument"]
+        status, body = daemon.get("/v1/check?cap=htm&qemu_version=7.2")
+        assert status == 400 and "give NAME=VALUE" in body["error"]
 
 
 def test_kvmppc_query_host_and_health(tmp_path: Path) -> None:
@@ -575,9 +600,13 @@ def test_post_check_takes_a_qemu_command_line_and_a_libvirt_domain(tmp_path: Pat
         assert (status, headers["kvmppc-answer"]) == (200, "no")
         assert CANT_16M_ON_64K in body.decode()
         # What kvmppc cannot model is said, not guessed; bad input is a 400 naming the problem.
+        resize = ["qemu-system-ppc64", "-M", "pseries,resize-hpt=required", "-accel", "kvm"]
+        status, headers, body = _post_argv(daemon, resize)
+        assert (status, json.loads(body)["answer"]) == (200, "cannot judge")
+        # max-cpu-compat is judged: nested KVM-HV has no HPT for POWER8 mode
         compat = ["qemu-system-ppc64", "-M", "pseries,max-cpu-compat=power8", "-accel", "kvm"]
         status, headers, body = _post_argv(daemon, compat)
-        assert (status, json.loads(body)["answer"]) == (200, "cannot judge")
+        assert json.loads(body)["check"]["errors"][0] == "HPT not supported in nested guests"
         assert _post(daemon, "text/csv", b"a,b")[0] == 400
         status, _headers, body = _post(daemon, "application/json", b'{"argv": "qemu"}')
         assert status == 400 and "list of strings" in json.loads(body)["error"]

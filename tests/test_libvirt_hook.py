@@ -21,7 +21,7 @@ import pytest
 from daemon_support import run_daemon
 
 from kvmppc.inputs.answer import request_from_body
-from kvmppc.inputs.domain_xml import HostMemory
+from kvmppc.inputs.domain_xml import HostMemory, translate_domain
 from kvmppc.libvirt_hook import HookConfig, load_hook_config, run_hook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,11 +116,32 @@ def test_a_kvmppc_bug_never_blocks_a_start(tmp_path: Path) -> None:
 
 
 def test_cannot_judge_lets_the_guest_start_and_says_why(tmp_path: Path) -> None:
-    xml = domain(64).replace(b"<features>", b"<cpu mode='host-model'><model>power8</model>"
-                             b"</cpu><features>")
+    xml = domain(64).replace(b"resizing='enabled'", b"resizing='required'")
     code, _out, err = hook(["g1", "prepare", "begin", "-"], xml, direct(tmp_path))
     assert code == 0
-    assert "cannot judge" in err and "max-cpu-compat=power8" in err
+    assert "cannot judge" in err and "resize-hpt=required" in err
+
+
+def test_libvirts_tcg_default_cpu_is_not_asked_of_kvm(tmp_path: Path) -> None:
+    """assume_kvm answers for the type='kvm' command line: libvirt's own TCG default model
+    (check='none') goes, as it would for KVM; a model the domain names stays (and KVM-HV
+    refuses it unless it is the host's: target/ppc/kvm.c kvm_arch_init_vcpu)."""
+    default = b"<cpu mode='custom' match='exact' check='none'><model>POWER9</model></cpu>"
+    xml = domain(64).replace(b"<features>", default + b"<features>")
+    code, _out, err = hook(["g1", "prepare", "begin", "-"], xml, direct(tmp_path))
+    assert code == 0, err
+    named = b"<cpu mode='custom' match='exact'><model>POWER8</model></cpu>"
+    xml = domain(64).replace(b"<features>", named + b"<features>")
+    code, _out, err = hook(["g1", "prepare", "begin", "-"], xml, direct(tmp_path))
+    assert code == 1 and "Register sync failed" in err
+    # pseries-3.1's TCG default is POWER8 (pseries-4.0 moved to POWER9)
+    old = (b"<domain type='qemu'><name>g</name><memory unit='MiB'>512</memory><os><type"
+           b" arch='ppc64' machine='pseries-3.1'>hvm</type></os><cpu mode='custom'"
+           b" match='exact' check='none'><model>POWER8</model></cpu></domain>")
+    host = HostMemory((), None, 64 << 10)
+    assert "-cpu" not in translate_domain(old, host, assume_kvm=True).argv
+    assert "-cpu" in translate_domain(old.replace(b"POWER8", b"POWER9"), host,
+                                      assume_kvm=True).argv
 
 
 def test_config_file_and_environment(tmp_path: Path) -> None:
@@ -178,8 +199,11 @@ def test_post_bodies() -> None:
     t = request_from_body("application/xml; charset=utf-8", domain(64, "kvm"), host)
     assert t.request is not None and t.request.max_page_size == "64k"
     t = request_from_body("application/json",
-                          b'{"argv": ["kvm", "-M", "pseries,max-cpu-compat=power8"]}', host)
+                          b'{"argv": ["kvm", "-M", "pseries,resize-hpt=required"]}', host)
     assert t.request is None and t.cannot_judge
+    t = request_from_body("application/json",
+                          b'{"argv": ["kvm", "-M", "pseries,max-cpu-compat=power8"]}', host)
+    assert t.request is not None and t.request.max_cpu_compat == "power8"
 
 
 @pytest.mark.parametrize(("content_type", "body", "words"), [

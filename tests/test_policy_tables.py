@@ -112,6 +112,10 @@ def test_16m_guest_table_on_hv() -> None:
 
 HV4 = hv_host(base_page_size=4 * KiB, mounts=(("/dev/hugepages", 2 * MiB),),
               pools=((2 * MiB, 1024, 1024), (GiB, 0, 0)))
+# The same on a POWER8 (hash) host: KVM-HV runs the POWER8 model only where it is the host's
+HV4_P8 = hv_host(radix=False, pvr=POWER8_PVR, base_page_size=4 * KiB,
+                 mounts=(("/dev/hugepages", 2 * MiB),),
+                 pools=((2 * MiB, 1024, 1024), (GiB, 0, 0)))
 
 
 def test_void_default_machine_on_4k_host() -> None:
@@ -156,10 +160,10 @@ def test_void_hugepages_with_4096_cap() -> None:
 def test_vrma_on_4k_host_hash_guest() -> None:
     """§7.2: "Unable to create 2048MiB RMA (VRMA only allows 512MiB" — a hash guest whose HPT
     is set up at reset (POWER8 model) with 4 KiB backing; 2 MiB hugepages cure it."""
-    assert errors(HV4, cpu="power8", max_page_size="4096", memory="2G") == [
+    assert errors(HV4_P8, cpu="power8", max_page_size="4096", memory="2G") == [
         "Unable to create 2048MiB RMA (VRMA only allows 512MiB"
     ]
-    assert errors(HV4, cpu="power8", max_page_size="4096", memory="2G",
+    assert errors(HV4_P8, cpu="power8", max_page_size="4096", memory="2G",
                   mem_paths=("/dev/hugepages",)) == []
 
 
@@ -276,8 +280,17 @@ def test_shipped_nested_profile() -> None:
     assert [w.message for w in result.warnings if w.when == When.CAS] == [
         "Guest requested unavailable MMU mode (hash)."
     ]
-    # A POWER8 model can only be hash: refused at start.
-    assert errors(probe, cpu="power8") == ["Guest requested unavailable MMU mode (hash)."]
+    # A POWER8 model: KVM-HV refuses its PVR when it creates the vCPU (target/ppc/kvm.c)
+    result = check(probe, CheckRequest(cpu="power8", qemu_version="7.2"))
+    assert result.qemu_output == (
+        'Register sync failed... If you\'re using kvm-hv.ko, only "-cpu host" is possible',
+        "kvm_init_vcpu: kvm_arch_init_vcpu failed (0): Invalid argument",
+    )
+    # The host's model in POWER8 mode needs an HPT at reset; nested KVM-HV allocates none
+    # (hw/ppc/spapr.c spapr_reallocate_hpt; book3s_hv.c KVM_PPC_ALLOCATE_HTAB -EOPNOTSUPP).
+    assert errors(probe, max_cpu_compat="power8", qemu_version="7.2")[0] == (
+        "HPT not supported in nested guests")
+    assert errors(probe, max_cpu_compat="power9", qemu_version="7.2") == []
 
 
 def test_radix_guest_note() -> None:
@@ -507,17 +520,28 @@ SUGGESTIONS = [
     ]),
     # 2 GiB on 4 KiB pages: HPT 2**24, VRMA 1 << (12 + 24 - 7) = 512 MiB < the 2 GiB RMA.
     # 16M pages (from 2 MiB or 1 GiB backing) give 1 << (24 + 24 - 7) = 2 TiB: enough.
-    (HV4, CheckRequest(cpu="power8", max_page_size="4k", memory="2G"), [
+    (HV4_P8, CheckRequest(cpu="power8", max_page_size="4k", memory="2G"), [
         ("back guest RAM with 2 MiB hugepages (/dev/hugepages)", True,
          (*_P8_2G, "memory-backend-file,id=ram0,size=2G,mem-path=/dev/hugepages,prealloc=on")),
         ("back guest RAM with 1 GiB hugepages (/dev/hugepages-1G)", True,
          (*_P8_2G,
           "memory-backend-file,id=ram0,size=2G,mem-path=/dev/hugepages-1G,prealloc=on")),
     ]),
-    # POWER9 radix host without hash for guests: POWER8 (hash only) is refused, POWER9 runs.
+    # POWER9 nested KVM-HV (radix only): KVM-HV refuses the POWER8 model's PVR; the host's
+    # model runs; keeping POWER8's ISA with max-cpu-compat needs an HPT, which nested has not.
     (load_profile("power9-radix-hv"), CheckRequest(cpu="power8"), [
-        ("use a POWER9 CPU model", True,
-         ("-machine", "pseries,cap-hpt-max-page-size=64K", "-accel", "kvm", "-cpu", "power9")),
+        ("use -cpu host", True,
+         ("-machine", "pseries,cap-hpt-max-page-size=64K", "-accel", "kvm", "-cpu", "host")),
+        ("use -cpu host with -machine max-cpu-compat=power8", False,
+         ("-machine", "pseries,cap-hpt-max-page-size=64K,max-cpu-compat=power8", "-accel",
+          "kvm", "-cpu", "host")),
+    ]),
+    # KVM-PR has no FWNMI (powerpc.c: KVM_CAP_PPC_FWNMI is hv_enabled) and QEMU 10.0 also
+    # asks for AIL mode 3 (KVM_CAP_PPC_AIL_MODE_3 is 0 under PR): QEMU's hints lift both.
+    (load_profile("power8-hash-pr"), CheckRequest(cpu="power8", qemu_version="10.0"), [
+        ("add -machine cap-fwnmi=off,cap-ail-mode-3=off", True,
+         ("-machine", "pseries,cap-hpt-max-page-size=64K,cap-fwnmi=off,cap-ail-mode-3=off",
+          "-accel", "kvm", "-cpu", "power8")),
     ]),
     # 300 MiB is not a multiple of 256 MiB; 512 MiB is.
     (HV64, CheckRequest(memory="300M"), [
@@ -617,12 +641,15 @@ def test_other_shipped_profiles(name: str) -> None:
     """The harness's real PR (POWER8, hash) and nested-HV (POWER10) answers: 64K starts;
     16M fails as §5.3 / §5.1 say."""
     probe = load_profile(name)
-    assert check(probe, CheckRequest(cpu="power8" if "pr" in name else None)).ok
+    cpu = "power8" if "pr" in name else None
+    # KVM-PR: no FWNMI (arch/powerpc/kvm/powerpc.c: KVM_CAP_PPC_FWNMI is hv_enabled), and
+    # cap-fwnmi is on from pseries-5.0 (spapr_machine_4_2_class_options turns it off)
+    caps = ("cap-fwnmi=off",) if "pr" in name else ()
+    assert check(probe, CheckRequest(cpu=cpu, caps=caps, qemu_version="7.2")).ok
     expected = ("KVM doesn't support page shift 24/12" if "pr" in name
                 else cant(16384, 64))
-    assert errors(probe, max_page_size="16M", cpu="power8" if "pr" in name else None)[0] == (
-        expected
-    )
+    assert errors(probe, max_page_size="16M", cpu=cpu, caps=caps,
+                  qemu_version="7.2")[0] == expected
 
 
 # cap-htm: pseries-2.11 and older turn it on for ISA 2.07+ CPUs; under KVM QEMU's

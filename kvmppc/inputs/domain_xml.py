@@ -406,8 +406,21 @@ def translate_domain(text: str | bytes, host: HostMemory,
     """
     argv, facts = domain_to_argv(text, host, pseries, qemu_version)
     if assume_kvm and facts["domain_type"] == "qemu":
-        index = argv.index("-accel")
-        argv[index + 1] = "kvm"
+        # the command line libvirt builds for type='kvm': -accel kvm, and no -cpu where the
+        # domain names none (the TCG default model would be one KVM-HV refuses unless it is
+        # exactly the host's)
+        root = parse_domain(text)
+        root.set("type", "kvm")
+        cpu = root.find("cpu")
+        os_type = root.find("os/type")
+        machine = (os_type.get("machine") if os_type is not None else None) or "pseries"
+        if cpu is not None and cpu.get("check") == "none" and cpu.get("mode", "custom") == (
+                "custom") and (cpu.findtext("model") or "").strip() == _default_cpu(
+                pseries if machine == "pseries" else machine, _release_table(qemu_version)):
+            # the model libvirt filled in for TCG (qemuDomainDefSetDefaultCPU: custom, exact,
+            # check='none'); a type='kvm' domain gets none
+            root.remove(cpu)
+        argv, _facts = domain_to_argv(ET.tostring(root), host, pseries, qemu_version)
     translation = translate_argv(argv, qemu_version)
     notes = translation.notes
     if assume_kvm and facts["domain_type"] == "qemu":

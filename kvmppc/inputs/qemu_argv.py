@@ -14,15 +14,15 @@ QEMU has two option syntaxes and this module follows each where QEMU uses it
   ``x=on``, ``nox`` is ``x=off``), and ``-m``/``-smp`` check their keys ("Invalid parameter
   'foo'").
 
-What bears on QEMU's page-size decisions becomes a :class:`kvmppc.policy.CheckRequest`: the
-machine type and ``cap-hpt-max-page-size``, ``kvm-type``, the accelerator, the ``-cpu`` model,
-``-m``'s size, ``slots`` and ``maxmem``, ``-mem-path`` and every ``-object
-memory-backend-ram|file|memfd`` with its size and how it is used (the machine's
-``memory-backend``, the ``memdev`` of a ``-numa node``, or not mapped: QEMU creates it all the
-same).  Options with no bearing on that are listed as *ignored*.  Options that would bear on
-it but that the policy does not model (``max-cpu-compat``, other capabilities switched on, CPU
-properties, DIMMs, other backend types, ``-readconfig``, ``-set``, ``-global`` on the machine
-or CPU) make the answer "cannot judge" instead of a guess.
+What bears on QEMU's start becomes a :class:`kvmppc.policy.CheckRequest`: the machine
+type, ``cap-hpt-max-page-size`` and the other ``cap-*`` properties, ``max-cpu-compat``,
+``kvm-type``, the accelerator, the ``-cpu`` model, ``-m``'s size, ``slots`` and ``maxmem``,
+``-mem-path`` and every ``-object memory-backend-ram|file|memfd`` with its size and how it is
+used (the machine's ``memory-backend``, the ``memdev`` of a ``-numa node``, or not mapped:
+QEMU creates it all the same).  Options with no bearing on that are listed as *ignored*.
+Options that would bear on it but that the policy does not model (CPU properties, DIMMs,
+other backend types, ``-readconfig``, ``-set``, ``-global`` on the machine or CPU) make the
+answer "cannot judge" instead of a guess.
 """
 
 from __future__ import annotations
@@ -119,10 +119,6 @@ IGNORED_MACHINE_KEYS = frozenset({
     "dtb", "dumpdtb", "phandle-start", "suppress-vmdesc", "host-serial", "host-model",
     "kernel-irqchip",
 })
-# spapr_caps.c: a capability is only ever refused when asked for more than KVM offers
-# (cap_*_apply check ``val`` against KVM when it is on / above the KVM value).  Turning one
-# off cannot stop the guest starting.
-_CAP_OFF_VALUES = frozenset({"off", "false", "no", "broken"})
 _MEM_KEYS = ("size", "slots", "maxmem")  # softmmu/vl.c qemu_mem_opts
 _SMP_KEYS = ("cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads", "books",
              "drawers")  # hw/core/machine.c SMPConfiguration
@@ -574,13 +570,12 @@ def _finish(argv: tuple[str, ...], state: _State) -> Translation:
         elif key in IGNORED_MACHINE_KEYS or (key == "resize-hpt" and value != "required") or (
                 key == "ic-mode" and value == "dual"):
             state.ignored.append(where)
-        elif key.startswith("cap-") and value.lower() in _CAP_OFF_VALUES:
-            state.ignored.append(f"{where} (a capability turned off cannot stop the start)")
-        elif key == "max-cpu-compat":
-            state.cannot.append(f"{where}: CPU compatibility modes are not modelled")
         elif key.startswith("cap-"):
-            state.cannot.append(f"{where}: only cap-hpt-max-page-size is modelled; this"
-                                " capability is checked against KVM at start too")
+            # hw/ppc/spapr_caps.c: every cap is judged, its value as written (in -machine
+            # order; keyval keeps the last of a repeated key, as here)
+            request_fields.setdefault("cap", []).append(f"{key}={value}")
+        elif key == "max-cpu-compat":
+            request_fields["max_cpu_compat"] = value
         else:
             state.cannot.append(f"{where}: not modelled")
 

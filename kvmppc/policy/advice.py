@@ -6,7 +6,10 @@ hugepages), a VRMA too small for the RMA (hugepages), a pre-POWER9 model on a ra
 (a model that can run radix), RAM not a multiple of 256 MiB, cap-htm on a KVM without HTM;
 for guest RAM (:mod:`.memory`): a backend smaller than its hugepage (more RAM, or smaller
 hugepages), file or memfd RAM on a KVM without MMU notifiers (anonymous RAM), ``maxmem`` and
-``slots`` QEMU refuses, a hugepage pool short of pages (how many to add).
+``slots`` QEMU refuses, a hugepage pool short of pages (how many to add); a capability this
+KVM (or TCG) cannot give (QEMU's own hint: "Try appending -machine cap-fwnmi=off"), a CPU model
+KVM-HV will not run (``-cpu host``, with ``max-cpu-compat`` to keep the older ISA), a
+compatibility mode that needs a hash page table where nested KVM-HV has none.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from dataclasses import replace
 
 from kvmppc.model import HugepagePool, ProbeResult
 from kvmppc.policy.backing import Backing
+from kvmppc.policy.caps import COMPAT_LEVELS
 from kvmppc.policy.cmdline import DEFAULT_RAM_SIZE
 from kvmppc.policy.guest_pages import LEGACY_MAX_SHIFT
 from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
-from kvmppc.policy.machines import CpuModel, host_cpu_model, qemu_models
+from kvmppc.policy.machines import CpuModel, Isa, host_cpu_model, qemu_models
 from kvmppc.policy.memory import MemoryBackend, max_hotplug_slots, parse_slots
 from kvmppc.policy.problems import ProblemKind
 from kvmppc.policy.request import CheckRequest
@@ -66,9 +70,15 @@ def advise(probe: ProbeResult, result: CheckResult) -> Advice | None:
             " 4 KiB pages (guest kernels built for 64 KiB pages cannot boot in hash mode);"
             " a host kernel with 64 KiB pages lifts this"
         )
-    if K.MMU_MODE in kinds:
+    suggestions += _cap_and_cpu_suggestions(probe, result)
+    if K.MMU_MODE in kinds and K.VCPU not in kinds and K.HPT not in kinds:
         family = host_cpu_model(probe.host.pvr, qemu_models(result.qemu_version or None))
-        if family is not None and family.radix_capable:
+        if result.kvm_kind == "HV" and family is not None and family.radix_capable:
+            suggestions.append(_suggest(
+                probe, result, f"use -cpu host (this {family.family} host's own model) so the"
+                " guest can run radix", replace(request, cpu="host"),
+            ))
+        elif family is not None and family.radix_capable:
             suggestions.append(_suggest(
                 probe, result, f"use a {family.family} CPU model so the guest can run radix",
                 replace(request, cpu=family.family.lower()),
@@ -90,8 +100,95 @@ def advise(probe: ProbeResult, result: CheckResult) -> Advice | None:
         hugepages=_hugepage_options(probe, result, ram, host_page),
         suggestions=tuple(suggestions),
         host_kernel=host_kernel,
-        machine_options=("cap-htm=off",) if K.HTM in kinds else (),
+        machine_options=_machine_options(result),
     )
+
+
+_APPEND = "Try appending -machine "
+
+
+def _machine_options(result: CheckResult) -> tuple[str, ...]:
+    """The -machine options QEMU's hints name (error_append_hint), first error first."""
+    options: list[str] = []
+    for problem in result.errors:
+        hints = [line for line in problem.more if line.startswith(_APPEND)]
+        for hint in hints:  # error_append_hint: "Try appending -machine cap-fwnmi=off"
+            option = hint[len(_APPEND):].strip()
+            if option not in options:
+                options.append(option)
+        if not hints and problem.kind == K.HTM and "cap-htm=off" not in options:
+            options.append("cap-htm=off")
+    return tuple(options)
+
+
+def _with_hints(request: CheckRequest, result: CheckResult) -> CheckRequest | None:
+    """``request`` with every cap / max-cpu-compat change QEMU's hints ask for, or None."""
+    caps = list(request.caps)
+    compat = request.max_cpu_compat
+    changed = False
+    for option in _machine_options(result):
+        name, _, value = option.partition("=")
+        if name == "max-cpu-compat":
+            compat, changed = value, True
+        elif name.startswith("cap-"):
+            caps = [c for c in caps if c.partition("=")[0].removeprefix("cap-") != name[4:]]
+            caps.append(option)
+            changed = True
+    return replace(request, caps=tuple(caps), max_cpu_compat=compat) if changed else None
+
+
+def _cap_and_cpu_suggestions(probe: ProbeResult, result: CheckResult) -> list[Suggestion]:
+    """QEMU's hints applied until the caps pass; -cpu host for KVM-HV (keeping an older
+    model's ISA with max-cpu-compat); a compat mode nested KVM-HV can run."""
+    out: list[Suggestion] = []
+    kinds = result.error_kinds
+    request = result.request
+    if kinds & {K.HTM, K.CAPABILITY}:
+        fixed, tried = request, result
+        for _round in range(len(COMPAT_LEVELS) + 16):  # each round lifts at least one cap
+            changed = _with_hints(fixed, tried)
+            if changed is None or changed == fixed:
+                break
+            fixed = changed
+            tried = replay(probe, fixed)
+            if not (tried.error_kinds & {K.HTM, K.CAPABILITY}):
+                break
+        if fixed != request:
+            added = [c for c in fixed.caps if c not in request.caps]
+            if fixed.max_cpu_compat != request.max_cpu_compat:
+                added.append(f"max-cpu-compat={fixed.max_cpu_compat}")
+            out.append(_suggest(probe, result, "add -machine " + ",".join(added)
+                                + " (what QEMU's hints ask for)", fixed))
+    cpu = result.cpu
+    if K.VCPU in kinds and cpu is not None:
+        out.append(_suggest(probe, result, "use -cpu host: KVM-HV runs only the host's own"
+                            " CPU model", replace(request, cpu="host")))
+        level = _compat_level(cpu)
+        host = host_cpu_model(probe.host.pvr, qemu_models(result.qemu_version or None))
+        if level is not None and host is not None and cpu.isa < host.isa:
+            out.append(_suggest(
+                probe, result, f"use -cpu host with -machine max-cpu-compat={level} to keep"
+                f" the guest at {cpu.family}'s instruction set",
+                replace(request, cpu="host", max_cpu_compat=level)))
+    if K.HPT in kinds and request.max_cpu_compat is not None:
+        out.append(_suggest(
+            probe, result, "drop max-cpu-compat (or give power9 or later): nested KVM-HV runs"
+            " radix guests only, and modes before POWER9 need a hash page table",
+            replace(request, max_cpu_compat=None)))
+    if K.COMPAT in kinds and cpu is not None:
+        level = _compat_level(cpu)
+        out.append(_suggest(
+            probe, result, f"max-cpu-compat={level}: the newest mode {cpu.family} supports"
+            if level else "drop max-cpu-compat: this model has no compatibility modes",
+            replace(request, max_cpu_compat=level)))
+    return out
+
+
+def _compat_level(cpu: CpuModel) -> str | None:
+    """The max-cpu-compat name of a model's own ISA (None: 970 and POWER5+ have none)."""
+    names = {Isa.V2_06: "power7", Isa.V2_07: "power8", Isa.V3_00: "power9",
+             Isa.V3_10: "power11" if cpu.family == "POWER11" else "power10"}
+    return names.get(cpu.isa)
 
 
 def largest_working_shift(result: CheckResult, min_backing: int,

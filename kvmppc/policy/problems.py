@@ -39,6 +39,10 @@ class ProblemKind(enum.Enum):
     HOTPLUG = "hotplug"  # -m slots/maxmem against spapr's memslot limit
     OVERCOMMIT = "overcommit"  # anonymous guest RAM beyond what the kernel lets QEMU commit
     VSMT = "vsmt"  # spapr_set_vsmt_mode: KVM's SMT mode for the machine's VSMT
+    CAPABILITY = "capability"  # another cap-*: its value (spapr_caps.c) or its apply check
+    COMPAT = "max-cpu-compat"  # max-cpu-compat's value or the model (target/ppc/compat.c)
+    VCPU = "vcpu"  # KVM refused the vCPU (target/ppc/kvm.c kvm_arch_init_vcpu)
+    HPT = "hpt"  # KVM refused the hash page table (hw/ppc/spapr.c spapr_reallocate_hpt)
 
 
 class When(enum.Enum):

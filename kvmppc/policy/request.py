@@ -24,6 +24,7 @@ from kvmppc.qemu_versions import choose
 QUERY_KEYS = (
     "max_page_size", "cpu", "machine", "mem_path", "memory", "accel", "kvm_type", "qemu_version",
     "backend", "maxmem", "slots",
+    "cap", "max_cpu_compat",
 )
 # hw/ppc/spapr.c spapr_kvm_type: no kvm-type is the kernel's default VM type.
 VM_TYPE_BY_KVM_TYPE = {None: "default", "HV": "hv", "PR": "pr"}
@@ -68,6 +69,10 @@ class CheckRequest:
     (:class:`kvmppc.policy.memory.MemoryBackend`: the machine's RAM, a NUMA node's memdev, or
     none); with them ``mem_paths`` may hold one path, ``-mem-path`` (which QEMU ignores when
     NUMA nodes have memdevs).  ``maxmem`` and ``slots`` are ``-m``'s hotplug options, as text.
+    None: the version the probe found installed, else the newest modelled).  ``caps`` are
+    the other ``-machine cap-NAME=VALUE`` properties as written ("cap-htm=off" or
+    "htm=off"; hpt-max-page-size goes in ``max_page_size``), in command-line order.
+    ``max_cpu_compat`` is ``-machine max-cpu-compat``'s text (None: not given).
     """
 
     max_page_size: str | None = None
@@ -81,6 +86,8 @@ class CheckRequest:
     backends: tuple[MemoryBackend, ...] = ()
     maxmem: str | None = None
     slots: str | None = None
+    caps: tuple[str, ...] = ()
+    max_cpu_compat: str | None = None
 
     def __post_init__(self) -> None:
         if self.qemu_version is not None:
@@ -104,6 +111,12 @@ class CheckRequest:
         for path in self.mem_paths:
             if not path.startswith("/") or "\0" in path:
                 raise UsageError(f"mem_path {path!r} must be an absolute path")
+        for cap in self.caps:
+            name, eq, _value = cap.partition("=")
+            if not eq or name in ("", "cap-"):
+                raise UsageError(f"cap {cap!r}: give NAME=VALUE (e.g. htm=off or cap-htm=off)")
+            if name.removeprefix("cap-") == "hpt-max-page-size":
+                raise UsageError(f"cap {cap!r}: give cap-hpt-max-page-size as max_page_size")
         self._check_memory_options()
 
     def _check_memory_options(self) -> None:
@@ -124,6 +137,8 @@ class CheckRequest:
         Keys: max_page_size, cpu, machine, mem_path (repeatable), memory, accel, kvm_type,
         qemu_version, backend (repeatable: ``-object`` text with ``use=``, see
         :class:`MemoryBackend`), maxmem, slots.
+        qemu_version, cap (repeatable, NAME=VALUE), max_cpu_compat.  A cap
+        hpt-max-page-size=SIZE is taken as max_page_size when that is not given too.
         """
         unknown = sorted(set(params) - set(QUERY_KEYS))
         if unknown:
@@ -138,8 +153,16 @@ class CheckRequest:
         accel = _single(params, "accel")
         if accel is not None and accel not in ("kvm", "tcg"):
             raise UsageError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
+        cap = params.get("cap", ())
+        caps = [cap] if isinstance(cap, str) else list(cap)
+        max_page_size = _single(params, "max_page_size")
+        for text in list(caps):
+            name, eq, value = text.partition("=")
+            if eq and name.removeprefix("cap-") == "hpt-max-page-size" and max_page_size is None:
+                max_page_size = value
+                caps.remove(text)
         return cls(
-            max_page_size=_single(params, "max_page_size"),
+            max_page_size=max_page_size,
             cpu=_single(params, "cpu"),
             machine=_single(params, "machine") or "pseries",
             mem_paths=mem_paths,
@@ -150,6 +173,8 @@ class CheckRequest:
             backends=backends,
             maxmem=_single(params, "maxmem"),
             slots=_single(params, "slots"),
+            caps=tuple(caps),
+            max_cpu_compat=_single(params, "max_cpu_compat"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,18 +190,22 @@ class CheckRequest:
             "backends": [backend.to_dict() for backend in self.backends],
             "maxmem": self.maxmem,
             "slots": self.slots,
+            "caps": list(self.caps),
+            "max_cpu_compat": self.max_cpu_compat,
         }
 
     def to_params(self) -> dict[str, str | list[str]]:
         """The request as :meth:`from_params` takes it (the ``/v1/check`` query string)."""
         params: dict[str, str | list[str]] = {"machine": self.machine}
         for key in ("max_page_size", "cpu", "memory", "accel", "kvm_type", "qemu_version",
-                    "maxmem", "slots"):
+                    "maxmem", "slots", "max_cpu_compat"):
             value = getattr(self, key)
             if value is not None:
                 params[key] = value
         if self.mem_paths:
             params["mem_path"] = list(self.mem_paths)
+        if self.caps:  # the query key is cap (repeatable)
+            params["cap"] = list(self.caps)
         if self.backends:
             params["backend"] = [backend.to_spec() for backend in self.backends]
         return params

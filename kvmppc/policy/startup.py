@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvmppc.model import ProbeResult, SmmuInfo, SmmuSource, VmTypeInfo
+from kvmppc.policy import caps as spapr_caps
 from kvmppc.policy.backing import Backing, backings_for, resolve_backing
 from kvmppc.policy.cmdline import (
     DEFAULT_RAM_SIZE,
@@ -54,7 +55,6 @@ from kvmppc.policy.hash64 import HASH64_TABLES, filter_for_cap
 from kvmppc.policy.machines import (
     CpuModel,
     Hash64Table,
-    Isa,
     MachineType,
     QemuModels,
     deprecation_warning,
@@ -141,6 +141,16 @@ class _Startup:
     node_sizes: tuple[int, ...] = ()  # each NUMA node's memdev size
     created: dict[int, Created] = field(default_factory=dict)  # index in request.backends
     ledger: PoolLedger | None = None
+    cmdline_caps: dict[str, int] = field(default_factory=dict)  # cap-NAME=VALUE, parsed
+    max_compat: str | None = None  # max-cpu-compat, parsed
+    caps: dict[str, int] = field(default_factory=dict)  # spapr->eff.caps after machine init
+
+    @property
+    def radix_capable(self) -> bool:
+        """The model can run radix and max-cpu-compat lets it (POWER9 mode or later)."""
+        assert self.cpu is not None
+        return self.cpu.radix_capable and spapr_caps.supports_compat(
+            self.cpu, "power9", self.qemu.table, self.max_compat)
 
     @property
     def min_backing(self) -> int:
@@ -184,7 +194,7 @@ def replay(probe: ProbeResult, request: CheckRequest,
                    f" kernel source, not captured from a running kernel"
                    f" (from {probe.provenance.derived_from}): {probe.provenance.why}")
     phases = (_command_line, _accelerator, _machine_deprecation, _memory_backends, _cpu_model,
-              _machine_init, _machine_reset, _cpu_reset, _device_tree)
+              _machine_init, _machine_reset, _cpu_reset, _set_compat, _device_tree)
     for phase in phases:
         if not phase(s):
             break
@@ -232,6 +242,27 @@ def _command_line(s: _Startup) -> bool:
             log.refused(refusal)
             return False
         s.shift, s.shift_source = parsed.shift, "command line"
+    return _machine_properties(s)
+
+
+def _machine_properties(s: _Startup) -> bool:
+    """The other -machine properties: each cap-NAME (spapr_caps.c spapr_cap_set_bool /
+    spapr_cap_set_string) and max-cpu-compat (target/ppc/compat.c ppc_compat_prop_set)."""
+    assert s.machine is not None
+    for text in s.request.caps:
+        name, value = spapr_caps.split_cap(text)
+        try:
+            s.cmdline_caps[name] = spapr_caps.parse_cap(s.machine, name, value, s.qemu.table)
+        except QemuRefusalError as refusal:
+            s.log.refused(refusal)
+            return False
+    if s.request.max_cpu_compat is not None:
+        try:
+            s.max_compat = spapr_caps.parse_max_cpu_compat(s.request.max_cpu_compat,
+                                                           s.qemu.table)
+        except QemuRefusalError as refusal:
+            s.log.refused(refusal)
+            return False
     return True
 
 
@@ -450,7 +481,41 @@ def _machine_init(s: _Startup) -> bool:
             )
         elif machine.dr_lmb_enabled:
             _validate_node_memory(s)
+    _caps_init(s)
+    started = _create_vcpus(s)  # spapr_init_cpus, before the hotplug memory region
     _hotplug_slots(s)
+    return started
+
+
+def _caps_init(s: _Startup) -> None:
+    """hw/ppc/spapr_caps.c ``spapr_caps_init``: the machine's defaults for this model (and
+    max-cpu-compat), then what the command line set."""
+    assert s.machine is not None and s.cpu is not None
+    s.caps = spapr_caps.default_caps(s.machine, s.cpu, s.qemu.table, s.max_compat)
+    s.caps.update(s.cmdline_caps)
+
+
+# KVM-HV cannot spoof the PVR: arch/powerpc/kvm/book3s_hv.c kvm_arch_vcpu_ioctl_set_sregs_hv
+# returns -EINVAL unless sregs->pvr is the host's (vcpu->arch.pvr = mfspr(SPRN_PVR)); KVM-PR
+# takes any PVR (book3s_pr.c kvmppc_set_pvr_pr).
+MSG_HV_CPU_HOST = ("Register sync failed... If you're using kvm-hv.ko, only \"-cpu host\" is"
+                   " possible")
+MSG_INIT_VCPU = "kvm_init_vcpu: kvm_arch_init_vcpu failed (0): Invalid argument"
+
+
+def _create_vcpus(s: _Startup) -> bool:
+    """spapr_init_cpus -> kvm_init_vcpu -> target/ppc/kvm.c ``kvm_arch_init_vcpu``:
+    ``kvm_arch_sync_sregs`` sets the model's PVR with KVM_SET_SREGS; error_report prints
+    the first line, accel/kvm's error_setg_errno (vCPU 0) the second, then QEMU exits."""
+    cpu, kvm, host_pvr = s.cpu, s.kvm, s.probe.host.pvr
+    assert cpu is not None
+    if kvm is None or kvm.vm.is_pr or host_pvr is None or cpu.pvr == host_pvr:
+        return True
+    s.log.error(K.VCPU, MSG_HV_CPU_HOST, more=(MSG_INIT_VCPU,),
+                detail=f"KVM-HV takes only the host's PVR ({host_pvr:#010x}); {cpu.name}'s is"
+                f" {cpu.pvr:#010x}")
+    # QEMU exits here; the later checks still say what this model would meet where KVM
+    # takes it (KVM-PR, or a host with this PVR).
     return True
 
 
@@ -568,21 +633,9 @@ def _vsmt(s: _Startup) -> None:
 def _machine_reset(s: _Startup) -> bool:
     machine, cpu, kvm, log = s.machine, s.cpu, s.kvm, s.log
     assert machine is not None and cpu is not None and s.shift is not None
-    # cap-htm (index 0) first: spapr_caps.c cap_htm_apply.
-    if machine.htm_default and cpu.isa >= Isa.V2_07:
-        if kvm is None:
-            log.error(K.HTM, "No Transactional Memory support in TCG",
-                      more=("Try appending -machine cap-htm=off",))
-        elif kvm.vm.caps.get("PPC_HTM") == 0:
-            log.error(K.HTM, "KVM implementation does not support Transactional Memory")
-        elif "PPC_HTM" not in kvm.vm.caps:
-            log.warn(
-                K.HTM,
-                f"{machine.name} turns cap-htm on for {cpu.family}: QEMU stops with 'KVM"
-                " implementation does not support Transactional Memory' unless this KVM has"
-                " KVM_CAP_PPC_HTM (not in the probe); add cap-htm=off to be sure",
-                qemu=False,
-            )
+    # spapr_caps_apply: the caps before cap-hpt-max-page-size (index 0 to 5) ...
+    context = _apply_context(s)
+    _log_caps(s, spapr_caps.apply_caps(context, until="hpt-max-page-size"))
     # cap-hpt-max-page-size (index 6): cap_hpt_maxpagesize_apply, then the backing check.
     if s.shift < 12:
         log.error(K.BELOW_4K, MSG_BELOW_4K)
@@ -600,9 +653,20 @@ def _machine_reset(s: _Startup) -> bool:
         message = backing_error(s.shift, s.min_backing)
         if message:
             log.error(K.BACKING, message)
+    # ... and the caps after it (index 7 on).
+    _log_caps(s, spapr_caps.apply_caps(context, start="nested-hv"))
     # The HPT at reset (spapr_machine_reset): skipped under KVM when the host has radix and
-    # the model is POWER9 or later (the guest starts in radix); else set up, with the VRMA.
-    s.hpt_at_reset = not (kvm is not None and kvm.radix and cpu.radix_capable)
+    # the model is POWER9 or later, max-cpu-compat included (the guest starts in radix);
+    # else set up, with the VRMA.
+    s.hpt_at_reset = not (kvm is not None and kvm.radix and s.radix_capable)
+    if kvm is not None and s.hpt_at_reset and nested_hv(kvm):
+        # spapr_reallocate_hpt: KVM_PPC_ALLOCATE_HTAB gives -EOPNOTSUPP in a nested
+        # hypervisor (arch/powerpc/kvm/book3s_hv.c kvm_arch_vm_ioctl_hv: "If we're a nested
+        # hypervisor, we currently only support radix").
+        log.error(K.HPT, "HPT not supported in nested guests",
+                  detail="this KVM-HV runs in a guest (KVM_PPC_NO_HASH): only radix guests,"
+                  " so the model and max-cpu-compat must allow POWER9 mode or later")
+        return True
     if kvm is not None and s.smmu is not None and s.ram is not None:
         s.vrma = _vrma_error(s)
     if s.vrma and s.hpt_at_reset:
@@ -619,6 +683,39 @@ def _vrma_error(s: _Startup) -> str | None:
     if limit < rma:
         return f"Unable to create {rma // MiB}MiB RMA (VRMA only allows {limit // MiB}MiB"
     return None
+
+
+def nested_hv(kvm: KvmContext) -> bool:
+    """KVM-HV inside a guest (kvmhv_on_pseries()): book3s_hv.c kvm_vm_ioctl_get_smmu_info_hv
+    sets KVM_PPC_NO_HASH exactly then."""
+    return not kvm.vm.is_pr and kvm.smmu is not None and kvm.smmu.no_hash
+
+
+def _apply_context(s: _Startup) -> spapr_caps.ApplyContext:
+    assert s.cpu is not None
+    kvm = s.kvm
+    host_pvr = s.probe.host.pvr
+    return spapr_caps.ApplyContext(
+        cpu=s.cpu, qemu=s.qemu.table, max_compat=s.max_compat,
+        kvm=kvm.vm if kvm is not None else None,
+        radix=kvm is not None and kvm.radix,
+        spectre=spapr_caps.kvm_spectre(kvm.vm, host_pvr is not None and (
+            host_pvr >> 16) in (0x004B, 0x004C, 0x004D)) if kvm is not None else None,
+        dec_bits=s.probe.host.dec_bits,
+        caps=s.caps,
+    )
+
+
+def _log_caps(s: _Startup, said: list[tuple[str, spapr_caps.Said]]) -> None:
+    for name, what in said:
+        kind = K.HTM if name == "htm" else K.CAPABILITY
+        if what.note:
+            s.log.note(what.message)
+        elif what.error:
+            s.log.error(kind, what.message, qemu=what.qemu,
+                        more=(what.hint,) if what.hint else ())
+        else:
+            s.log.warn(kind, what.message, qemu=what.qemu)
 
 
 def backing_error(max_shift: int, min_backing: int) -> str | None:
@@ -650,6 +747,28 @@ def _cpu_reset(s: _Startup) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# after the devices' reset: max-cpu-compat (spapr_machine_reset -> ppc_set_compat_all)
+
+
+def _set_compat(s: _Startup) -> bool:
+    """target/ppc/compat.c ``ppc_set_compat``: the mode must be one the model supports."""
+    cpu = s.cpu
+    assert cpu is not None
+    if s.max_compat is None:
+        return True
+    level = spapr_caps.COMPAT_LEVELS[s.max_compat]
+    if not spapr_caps.supports_compat(cpu, s.max_compat, s.qemu.table):
+        s.log.error(K.COMPAT, f"Compatibility PVR 0x{level.pvr:08x} not valid for CPU")
+        return True
+    if s.kvm is not None and s.kvm.vm.is_pr:
+        # kvmppc_set_compat sets KVM_REG_PPC_ARCH_COMPAT (ONE_REG), which only book3s_hv.c
+        # handles: KVM-PR's kvmppc_set_one_reg_pr gives -EINVAL (the real POWER8 KVM-PR runs
+        # print this for max-cpu-compat=power8).
+        s.log.error(K.COMPAT, "Unable to set CPU compatibility mode in KVM: Invalid argument")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
 # 5. the device tree (and CAS): which MMU the guest may use
 
 
@@ -659,13 +778,14 @@ def _device_tree(s: _Startup) -> bool:
     cpu, kvm, log = s.cpu, s.kvm, s.log
     assert cpu is not None
     hash_ok = kvm is None or not (kvm.radix and not kvm.hash_v3)
-    radix_ok = cpu.radix_capable and (kvm is None or kvm.radix)
-    if not cpu.radix_capable:
+    radix_ok = s.radix_capable and (kvm is None or kvm.radix)
+    if not s.radix_capable:
         if not hash_ok:
             log.error(K.MMU_MODE, "Guest requested unavailable MMU mode (hash).")
         log.note(
-            f"{cpu.family} guests use the hash MMU only: cap-hpt-max-page-size limits every"
-            " page they map"
+            f"{cpu.family} guests"
+            + (f" in {s.max_compat} mode" if cpu.radix_capable else "")
+            + " use the hash MMU only: cap-hpt-max-page-size limits every page they map"
         )
     else:
         log.note(

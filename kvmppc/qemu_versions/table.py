@@ -62,6 +62,15 @@ class QemuTable:
     # fraction, no empty integral part) or "8.1" (Eric Blake's 2023 rewrite: hex with a
     # suffix is an error, "e" ends the fraction, ".5k" is accepted, underflow kept)
     strtosz: str
+    # hw/ppc/spapr_caps.c capability_table: the cap names (without "cap-") in index order,
+    # which is the order spapr_caps_apply() checks them at machine reset
+    caps: tuple[str, ...] = ()
+    # target/ppc/compat.c compat_table: the max-cpu-compat names, oldest first
+    compat_modes: tuple[str, ...] = ()
+    # the CPU families whose class accepts the "power7+" (ISA 2.06+) compat level, which
+    # default_caps_with_cpu() asks before defaulting cap-sbbc to workaround (read from each
+    # binary with qom-get: 7.2 POWER7 to POWER10, 10.0 POWER7 only)
+    compat_2_06_plus: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:

@@ -12,7 +12,10 @@ What changed since 7.2, as read from the binary (tests/test_qemu_versions.py che
   power7p_v2.1 (same PVRs); ``power5gs`` still points at power5+_v2.1, now an alias itself,
   so ``-cpu help`` lists it but ``-cpu power5gs`` is refused;
 * the models without an sPAPR core, and their PVRs, are the same as 7.2's;
-* the size syntax is util/cutils.c's 2023 rewrite (QEMU 8.1).
+* the size syntax is util/cutils.c's 2023 rewrite (QEMU 8.1);
+* capabilities cap-ail-mode-3 (on), cap-nested-papr (off) and cap-dawr1 (on for POWER10
+  and later) are new, max-cpu-compat=power11 is new, and cap-sbbc defaults to broken for
+  every model but POWER7 (the POWER8 and later classes no longer take the power7+ level).
 """
 
 from __future__ import annotations
@@ -100,4 +103,9 @@ TABLE = QemuTable(
         kvm_create_vm_failed="-accel kvm: ioctl(KVM_CREATE_VM) failed: Invalid argument",
     ),
     strtosz="8.1",
+    caps=("htm", "vsx", "dfp", "cfpc", "sbbc", "ibs", "hpt-max-page-size", "nested-hv",
+          "large-decr", "ccf-assist", "fwnmi", "rpt-invalidate", "ail-mode-3", "nested-papr",
+          "dawr1"),
+    compat_modes=("power6", "power7", "power7+", "power8", "power9", "power10", "power11"),
+    compat_2_06_plus=frozenset({"POWER7"}),
 )

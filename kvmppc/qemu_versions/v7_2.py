@@ -81,4 +81,8 @@ TABLE = QemuTable(
         deprecated_machine=None,
     ),
     strtosz="7.2",
+    caps=("htm", "vsx", "dfp", "cfpc", "sbbc", "ibs", "hpt-max-page-size", "nested-hv",
+          "large-decr", "ccf-assist", "fwnmi", "rpt-invalidate"),
+    compat_modes=("power6", "power7", "power7+", "power8", "power9", "power10"),
+    compat_2_06_plus=frozenset({"POWER7", "POWER8", "POWER9", "POWER10"}),
 )
