@@ -89,16 +89,22 @@ PR_MULTI_PGSIZE_PVR_VERSIONS = frozenset({0x003E, 0x003F, 0x004A, 0x004B, 0x004C
                                           0x004E, 0x0066})
 
 
-def pr_smmu_with_vcpu(smmu: SmmuInfo, guest_pvr: int) -> SmmuInfo:
-    """KVM-PR's table as QEMU reads it, after vCPU 0 was created with ``guest_pvr``.
+def pr_smmu_with_vcpu(smmu: SmmuInfo, guest_pvr: int, host_pvr: int | None = None) -> SmmuInfo:
+    """KVM-PR's table as QEMU reads it, after vCPU 0 was created and given ``guest_pvr``.
 
     The kernel builds it from scratch each time: 4K, then 64K (with 1T segments) only "if the
-    CPUs we're emulating support it" — judged from vCPU 0's PVR — then 16M.  A probe creates
-    no vCPU, so it sees the minimum; QEMU's ``kvm_check_mmu`` runs with vCPUs present.
+    CPUs we're emulating support it" — vCPU 0's BOOK3S_HFLAG_MULTI_PGSIZE — then 16M.  A
+    probe creates no vCPU, so it sees the minimum; QEMU's ``kvm_check_mmu`` runs with vCPUs
+    present.  book3s_pr.c kvmppc_core_vcpu_create_pr gives a new vCPU the host's PVR (on a
+    host with 1T segments, POWER7 and later) and kvmppc_set_pvr_pr sets MULTI_PGSIZE for a
+    POWER6+ PVR but never clears it, so QEMU's KVM_SET_SREGS with an older model's PVR (970)
+    keeps the 64K row the host's PVR gave (a 970 guest started at 2 GiB under KVM-PR on
+    POWER8, where the 4K-only table's VRMA would have been 512 MiB).
     """
     segments = [seg for seg in smmu.segments if seg.page_shift != 16]
     flags = smmu.flags & ~SmmuFlag.ONE_T_SEGMENTS
-    if (guest_pvr >> 16) in PR_MULTI_PGSIZE_PVR_VERSIONS:
+    if any(pvr is not None and (pvr >> 16) in PR_MULTI_PGSIZE_PVR_VERSIONS
+           for pvr in (guest_pvr, host_pvr)):
         flags |= SmmuFlag.ONE_T_SEGMENTS
         row = SegmentPageSizes(16, SLB_VSID_64K, (PageSize(16, 1),))
         index = next((i for i, seg in enumerate(segments) if seg.page_shift > 16), len(segments))

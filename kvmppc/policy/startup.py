@@ -438,14 +438,15 @@ def _cpu_model(s: _Startup) -> bool:
         s.log.refused(refusal)
         return False
     if s.kvm is not None:
-        s.smmu = smmu_for_guest(s.kvm, s.cpu)
+        s.smmu = smmu_for_guest(s.kvm, s.cpu, s.probe.host.pvr)
     return True
 
 
-def smmu_for_guest(kvm: KvmContext, cpu: CpuModel) -> SmmuInfo | None:
+def smmu_for_guest(kvm: KvmContext, cpu: CpuModel,
+                   host_pvr: int | None = None) -> SmmuInfo | None:
     """The SMMU QEMU reads once the vCPUs exist (KVM-PR's grows with vCPU 0's PVR)."""
     if kvm.smmu is not None and kvm.vm.is_pr:
-        return pr_smmu_with_vcpu(kvm.smmu, cpu.pvr)
+        return pr_smmu_with_vcpu(kvm.smmu, cpu.pvr, host_pvr)
     return kvm.smmu
 
 

@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -317,7 +318,10 @@ def replay(config_name: str, full: bool = True) -> tuple[int, int, int, str]:
     """Compare from the cache on the host: QEMU's cached results, kvmppc's answers computed
     here on the probe the guest took.  For working on the model; the tests use :func:`run`."""
     config = harness.CONFIGS[config_name]
-    caches = sorted((harness.cache_dir() / "kvm-oracle").glob(f"{config_name}-*/probe.json"),
+    caches = sorted((path for path in (harness.cache_dir() / "kvm-oracle").glob(
+                        f"{config_name}-*/probe.json")
+                     if re.fullmatch(rf"{re.escape(config_name)}-[0-9a-f]{{16}}",
+                                     path.parent.name)),
                     key=lambda path: path.stat().st_mtime)
     if not caches:
         raise harness.MissingPrerequisiteError(f"no cached run of {config_name}: run it first")
