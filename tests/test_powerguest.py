@@ -103,6 +103,7 @@ def comparable(probe: dict[str, Any]) -> dict[str, Any]:
         data.pop(volatile, None)
     data["host"].pop("kernel_release", None)
     data["host"].pop("qemu_version", None)  # the userland's QEMU, not the kernel's answer
+    data["host"].pop("memory", None)  # this boot's RAM and commit charge (profiles keep none)
     for pool in data["hugepages"]["pools"]:
         for count in ("free", "reserved", "surplus"):
             pool.pop(count, None)

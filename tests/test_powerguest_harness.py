@@ -57,4 +57,5 @@ def test_pr_kernel_cache_key_ignores_comment_lines_as_the_script_does() -> None:
     expected = subprocess.run(
         ["bash", "-c", f"grep -v '^ *#' {script} | sha256sum | cut -c1-12"],
         capture_output=True, text=True, check=True).stdout.strip()
-    assert pr_kernel_dir_pattern() == f"*-{expected}"
+    assert pr_kernel_dir_pattern() == f"*-64k-{expected}"
+    assert pr_kernel_dir_pattern("4k") == f"*-4k-{expected}"
