@@ -215,13 +215,13 @@ def qemu_args(request: CheckRequest, result: CheckResult) -> tuple[str, ...]:
         options.append(f"cap-hpt-max-page-size={format_size(1 << result.max_page_shift)}")
     if result.accel == "kvm" and request.kvm_type:
         options.append(f"kvm-type={request.kvm_type}")
+    options += [cap if cap.startswith("cap-") else f"cap-{cap}" for cap in request.caps]
+    if request.max_cpu_compat is not None:
+        options.append(f"max-cpu-compat={request.max_cpu_compat}")
     if request.backends:
         return _qemu_args_with_backends(request, result, options)
     if len(request.mem_paths) == 1:
         options.append("memory-backend=ram0")
-    options += [cap if cap.startswith("cap-") else f"cap-{cap}" for cap in request.caps]
-    if request.max_cpu_compat is not None:
-        options.append(f"max-cpu-compat={request.max_cpu_compat}")
     args = ["-machine", ",".join(options), "-accel", result.accel]
     if request.cpu is not None:
         args += ["-cpu", request.cpu]

@@ -24,6 +24,7 @@ from kvmppc.model import ProbeResult
 from kvmppc.policy import CheckRequest, CheckResult, ProblemKind, check
 from kvmppc.policy.memory import MemoryBackend, memfd_flags
 from kvmppc.profiles import describe_shipped, load_profile
+from kvmppc.render import qemu_args
 
 MiB = 1024 * KiB
 K = ProblemKind
@@ -414,3 +415,19 @@ def test_probe_reads_meminfo_and_the_overcommit_mode(tmp_path: Path) -> None:
     info = probe_memory(ProbePaths(proc=str(tmp_path)))
     assert (info.mem_total, info.swap_total, info.overcommit_memory, info.commit_limit,
             info.committed_as) == (4009600 * 1024, 0, 0, 2004800 * 1024, 512000 * 1024)
+
+
+def test_advice_args_keep_the_caps_beside_backends() -> None:
+    """The suggestion QEMU is given again (kvm_oracle runs it) keeps every -machine property:
+    on KVM-PR, pseries-7.2 with a RAM backend and cap-fwnmi=off; without the cap QEMU stops
+    on FWNMI (what the KVM-PR guest's QEMU printed before render.qemu_args kept it)."""
+    probe = load_profile("power8-hash-pr")
+    request = CheckRequest(
+        machine="pseries-7.2", accel="kvm", qemu_version="7.2", memory="512M",
+        caps=("cap-fwnmi=off",), max_page_size="16M",
+        backends=(MemoryBackend.from_spec("memory-backend-ram,id=m0,size=512M"),))
+    result = check(probe, request)
+    fixes = [s for s in result.advice.suggestions if s.ok] if result.advice else []
+    assert fixes, result.errors
+    machine = qemu_args(fixes[0].request, fixes[0].result)[1]
+    assert "cap-fwnmi=off" in machine.split(","), machine
