@@ -44,3 +44,20 @@ def test_tcg_does_not_ask() -> None:
                    CheckRequest(machine="pseries-3.0", accel="tcg", cpu="power8",
                                 qemu_version="7.2"))
     assert WARNING not in result.qemu_output
+
+
+# Not VSMT, but the same start-up phase's CPU choice under KVM (target/ppc/kvm.c
+# kvm_ppc_register_host_cpu_type): the host family's alias means the host's CPU.  From the
+# Debian 13 guest's real QEMU 10.0 run (power9-hv-debian13, cpu-models): -cpu POWER9, whose
+# 10.0 model is power9_v2.2, started on the POWER9 v2.0 KVM-HV host and then met the 4 KiB
+# pages; -cpu POWER10 did not.
+def test_the_host_familys_alias_is_the_host_cpu_under_kvm() -> None:
+    probe = load_profile("power9-radix-hv-4k")
+    result = check(probe, CheckRequest(cpu="POWER9", accel="kvm", qemu_version="10.0",
+                                  machine="pseries-7.2", caps=("cap-fwnmi=off",)))
+    assert result.cpu is not None and result.cpu.pvr == probe.host.pvr
+    assert result.qemu_output == (
+        "Can't support 64 kiB guest pages with 4 kiB host pages with this KVM implementation",)
+    other = check(probe, CheckRequest(cpu="POWER10", accel="kvm", qemu_version="10.0",
+                                 machine="pseries-7.2", caps=("cap-fwnmi=off",)))
+    assert other.qemu_output[0].startswith("Register sync failed...")

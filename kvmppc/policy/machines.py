@@ -213,6 +213,14 @@ def lookup_cpu(
             return lookup_cpu("host", machine, kvm=True, host_pvr=host_pvr, qemu=qemu)
         return qemu.cpu_models[machine.default_cpu]
     lowered = name.encode("utf-8").lower().decode("utf-8")  # g_ascii_strdown: ASCII only
+    if kvm and lowered in qemu.cpu_aliases:
+        # target/ppc/kvm.c kvm_ppc_register_host_cpu_type() also points the host family's
+        # alias (strcasecmp with the family's description: "POWER9" on a POWER9 host) at the
+        # host CPU type, so under KVM -cpu POWER9 there is -cpu host (QEMU 10.0, whose
+        # "power9" is v2.2, started it on a POWER9 v2.0 KVM-HV host).
+        host_model = host_cpu_model(host_pvr, qemu)
+        if host_model is not None and lowered == host_model.family.lower():
+            return host_model
     lowered = qemu.cpu_aliases.get(lowered, lowered)
     model = qemu.cpu_models.get(lowered)
     if model is not None:
