@@ -326,14 +326,18 @@ class ProbeResult:
     # None: a live probe, or a profile from before the field (captured).
     provenance: Provenance | None = None
 
-    def to_json(self, *, indent: int | None = 2) -> str:
-        data = jsonable(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The profile format, as ``kvmppc probe --json`` and ``GET /v1/host`` give it."""
+        data: dict[str, Any] = jsonable(self)
         # Fields added later are left out when empty, so older profiles round-trip as written.
         if data["provenance"] is None:
             del data["provenance"]
         if data["host"]["memory"] is None:
             del data["host"]["memory"]
-        return json.dumps(data, indent=indent, sort_keys=False)
+        return data
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ProbeResult":

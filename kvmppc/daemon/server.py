@@ -43,7 +43,7 @@ from kvmppc.daemon.metrics import (
 )
 from kvmppc.daemon.sd import Notifier, watchdog_interval
 from kvmppc.errors import KvmppcError, UsageError
-from kvmppc.model import ProbeResult, jsonable
+from kvmppc.model import ProbeResult
 from kvmppc.policy import CheckRequest, check, format_size
 from kvmppc.probe import ProbePaths, probe, refresh_hugepages
 from kvmppc.profiles import load_profile
@@ -204,7 +204,7 @@ class App:
         answer, generation, serial = self._state()
         return self._cached(
             (generation, serial, "host"),
-            lambda: json_response(200, {"probe": jsonable(answer), "cache": self.cache_meta()}),
+            lambda: json_response(200, {"probe": answer.to_dict(), "cache": self.cache_meta()}),
         )
 
     def _parse(self, query: str) -> CheckRequest | Response:

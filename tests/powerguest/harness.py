@@ -589,7 +589,8 @@ class CpioWriter:
 
 def write_cpio_gz(path: Path, fill: Any) -> None:
     """Write ``path`` atomically as a gzip'd newc archive; ``fill(CpioWriter)`` adds entries."""
-    scratch = path.with_name(path.name + ".part")
+    # Per process: two test sessions may build the same layer at once; the last rename wins.
+    scratch = path.with_name(f"{path.name}.{os.getpid()}.part")
     with open(scratch, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
                                                     compresslevel=6) as gz:
         writer = CpioWriter(gz)

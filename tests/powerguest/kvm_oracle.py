@@ -64,8 +64,8 @@ HUGEPAGES = {
     "pr": {"16384kB": 80},
 }
 # Which configs the harness runs, with the Debian release whose QEMU they use.
-ORACLE_CONFIGS = ("power9-hv", "power9-hv-4k", "power8-pr", "power8-pr-4k", "power9-hv-debian13",
-                  "power9-hv-debian13-64k")
+ORACLE_CONFIGS = ("power9-hv", "power10-hv", "power9-hv-4k", "power8-pr", "power8-pr-4k",
+                  "power9-hv-debian13", "power9-hv-debian13-64k")
 
 
 @dataclass(frozen=True)
