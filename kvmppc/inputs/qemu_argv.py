@@ -37,6 +37,7 @@ from typing import Any
 
 from kvmppc.errors import UsageError
 from kvmppc.policy import CheckRequest, QemuRefusalError, parse_memory, parse_size
+from kvmppc.policy.memory import split_commas
 from kvmppc.qemu_versions import parse_version
 
 # Options of qemu-system-ppc64 7.2 that take an argument (qemu-options.hx, HAS_ARG).  An option
@@ -140,27 +141,6 @@ def _bad(option: str, arg: str | None, message: str) -> CommandLineError:
 # the two syntaxes
 
 
-def _split_commas(text: str) -> list[str]:
-    """Split at single commas; ``,,`` is a literal comma (both syntaxes)."""
-    parts: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == ",":
-            if text[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    parts.append("".join(current))
-    return parts
-
-
 def _split_key(element: str) -> tuple[str, str | None]:
     # The key ends at the first '=' that is not part of a ',,' (already unescaped here: keys
     # cannot contain commas in either syntax, so the first '=' is the one).
@@ -173,7 +153,7 @@ def parse_keyval(option: str, text: str, implied_key: str | None) -> dict[str, s
     result: dict[str, str] = {}
     if text == "":
         return result
-    for index, element in enumerate(_split_commas(text)):
+    for index, element in enumerate(split_commas(text)):
         key, value = _split_key(element)
         if value is None:
             if element == "":
@@ -192,7 +172,7 @@ def parse_qemu_opts(option: str, text: str, implied_key: str | None,
                     known: Sequence[str] | None = None) -> dict[str, str]:
     """util/qemu-option.c ``opts_do_parse``: ``x`` means x=on and ``nox`` x=off."""
     result: dict[str, str] = {}
-    for index, element in enumerate(_split_commas(text)):
+    for index, element in enumerate(split_commas(text)):
         if element == "" and index > 0:
             continue  # a trailing comma is accepted
         key, value = _split_key(element)
@@ -470,8 +450,8 @@ def _device_driver(arg: str) -> str:
         if not isinstance(data, dict) or not isinstance(data.get("driver"), str):
             raise _bad("-device", arg, "Parameter 'driver' is missing")
         return str(data["driver"])
-    return _split_commas(arg)[0].partition("=")[2] if arg.startswith("driver=") else (
-        _split_commas(arg)[0])
+    return split_commas(arg)[0].partition("=")[2] if arg.startswith("driver=") else (
+        split_commas(arg)[0])
 
 
 def _accel_mode(state: _State) -> tuple[str | None, str]:

@@ -193,9 +193,9 @@ def numa_nodes(backends: tuple[MemoryBackend, ...]) -> list[MemoryBackend]:
     return sorted(numa, key=lambda b: b.node if b.node is not None else numa.index(b))
 
 
-def split_spec(text: str) -> dict[str, str]:
-    """keyval (util/keyval.c): ``,,`` a literal comma, the first element the type."""
-    elements: list[str] = []
+def split_commas(text: str) -> list[str]:
+    """Split at single commas; ``,,`` is a literal comma (QemuOpts and keyval alike)."""
+    parts: list[str] = []
     current: list[str] = []
     i = 0
     while i < len(text):
@@ -204,12 +204,18 @@ def split_spec(text: str) -> dict[str, str]:
                 current.append(",")
                 i += 2
                 continue
-            elements.append("".join(current))
+            parts.append("".join(current))
             current = []
         else:
             current.append(text[i])
         i += 1
-    elements.append("".join(current))
+    parts.append("".join(current))
+    return parts
+
+
+def split_spec(text: str) -> dict[str, str]:
+    """keyval (util/keyval.c): ``,,`` a literal comma, the first element the type."""
+    elements = split_commas(text)
     props: dict[str, str] = {}
     for index, element in enumerate(elements):
         key, eq, value = element.partition("=")
