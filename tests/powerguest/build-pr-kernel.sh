@@ -6,7 +6,7 @@
 # (arch/powerpc/kvm/Kconfig). This config does CPU time accounting with
 # VIRT_CPU_ACCOUNTING_NATIVE instead, so PR becomes selectable, and builds kvm, kvm-hv and
 # kvm-pr as modules. Everything else that a pseries guest booted from an initramfs does not
-# need is left out to keep the build short (about 7 min on 2 cores).
+# need is left out to keep the build short (13 min or more on 2 cores).
 #
 # --pages 4k builds the same kernel with 4 KiB base pages (PPC_4K_PAGES), the page size Debian 13
 # moved ppc64el to; the default is 64 KiB (PPC_64K_PAGES), Debian 12's.

@@ -444,7 +444,7 @@ def pr_kernel(pages: str = "64k") -> Kernel:
     built = _built_pr_kernels(pages)
     command = [str(PR_KERNEL_SCRIPT), "--pages", pages]
     if not built and os.environ.get("KVMPPC_BUILD_PR_KERNEL") == "1":
-        progress(f"KVMPPC_BUILD_PR_KERNEL=1: building the {pages} KVM-PR kernel (about 7 min"
+        progress(f"KVMPPC_BUILD_PR_KERNEL=1: building the {pages} KVM-PR kernel (13 min or more"
                  " on 2 idle cores)")
         if subprocess.call(command) != 0:
             raise HarnessError(f"{' '.join(command)} failed; its log is in the output above")
@@ -453,7 +453,7 @@ def pr_kernel(pages: str = "64k") -> Kernel:
         raise MissingPrerequisiteError(
             f"no {pages} KVM-PR kernel built for this version of"
             f" tests/powerguest/build-pr-kernel.sh in {cache_dir() / 'pr-kernel'}: run"
-            f" '{' '.join(command)}' (about 7 min on 2 idle cores), or set"
+            f" '{' '.join(command)}' (13 min or more on 2 cores), or set"
             " KVMPPC_BUILD_PR_KERNEL=1 for the tests to build it"
         )
     root = built[-1]
@@ -1198,7 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--echo", action="store_true", help="copy the console to stderr")
     p = sub.add_parser("capture-profiles", help="rewrite kvmppc/profiles from real kernels")
     p.add_argument("configs", nargs="*", metavar="CONFIG", help=", ".join(sorted(CONFIGS)))
-    sub.add_parser("build-pr-kernel", help="run build-pr-kernel.sh (about 7 min)")
+    sub.add_parser("build-pr-kernel", help="run build-pr-kernel.sh (64 KiB pages; 13 min or more)")
     args = parser.parse_args(argv)
     try:
         if args.action == "build":
