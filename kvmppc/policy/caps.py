@@ -335,6 +335,17 @@ def _unknown(name: str, kvm_cap: str, message: str) -> Said:
                 " kvmppc)", error=False, qemu=False, note=True)
 
 
+def _needs_kvm_cap(ctx: ApplyContext, name: str, kvm_cap: str, message: str) -> list[Said]:
+    """The common tail of an apply check under KVM: QEMU's error and its "Try appending
+    -machine cap-NAME=off" hint when KVM_CAP_<kvm_cap> is 0, a note when the probe lacks it."""
+    value = ctx.kvm_cap(kvm_cap)
+    if value is None:
+        return [_unknown(name, kvm_cap, message)]
+    if not value:
+        return [Said(message, hint=_try_off(name))]
+    return []
+
+
 def _apply_htm(ctx: ApplyContext, val: int) -> list[Said]:
     if not val:
         return []
@@ -399,12 +410,7 @@ def _apply_nested_hv(ctx: ApplyContext, val: int) -> list[Said]:
     # KVM_CAP_PPC_NESTED_HV is 1 only where enabling it works (kvm_vm_ioctl_check_extension:
     # !kvmppc_hv_ops->enable_nested(NULL)), so "Error enabling cap-nested-hv" cannot follow.
     message = "KVM implementation does not support Nested-HV"
-    nested = ctx.kvm_cap("PPC_NESTED_HV")
-    if nested is None:
-        return [_unknown("nested-hv", "PPC_NESTED_HV", message)]
-    if not nested:
-        return [Said(message, hint=_try_off("nested-hv"))]
-    return []
+    return _needs_kvm_cap(ctx, "nested-hv", "PPC_NESTED_HV", message)
 
 
 # pcc->lrg_decr_bits (target/ppc/cpu_init.c): POWER9 and POWER10 classes; 0 for the others
@@ -456,12 +462,8 @@ def _apply_fwnmi(ctx: ApplyContext, val: int) -> list[Said]:
     if not val or ctx.kvm is None:
         return []
     message = "Firmware Assisted Non-Maskable Interrupts(FWNMI) not supported by KVM."
-    fwnmi = ctx.kvm_cap("PPC_FWNMI")  # kvmppc_get_fwnmi(): KVM_CAP_PPC_FWNMI
-    if fwnmi is None:
-        return [_unknown("fwnmi", "PPC_FWNMI", message)]
-    if not fwnmi:
-        return [Said(message, hint=_try_off("fwnmi"))]
-    return []
+    # kvmppc_get_fwnmi(): KVM_CAP_PPC_FWNMI
+    return _needs_kvm_cap(ctx, "fwnmi", "PPC_FWNMI", message)
 
 
 def _apply_rpt_invalidate(ctx: ApplyContext, val: int) -> list[Said]:
@@ -474,12 +476,7 @@ def _apply_rpt_invalidate(ctx: ApplyContext, val: int) -> list[Said]:
     message = "KVM implementation does not support H_RPT_INVALIDATE"
     # KVM_CAP_PPC_RPT_INVALIDATE (202) is not among the probe's caps yet (its number must
     # come from the cffi build, kvmppc/_ioctl_build.py): until then a note, no verdict.
-    rpt = ctx.kvm_cap("PPC_RPT_INVALIDATE")
-    if rpt is None:
-        return [_unknown("rpt-invalidate", "PPC_RPT_INVALIDATE", message)]
-    if not rpt:
-        return [Said(message, hint=_try_off("rpt-invalidate"))]
-    return []
+    return _needs_kvm_cap(ctx, "rpt-invalidate", "PPC_RPT_INVALIDATE", message)
 
 
 def _apply_ail_mode_3(ctx: ApplyContext, val: int) -> list[Said]:
@@ -491,12 +488,8 @@ def _apply_ail_mode_3(ctx: ApplyContext, val: int) -> list[Said]:
                          hint=_try_off("ail-mode-3"))]
         return []
     message = "KVM implementation does not support cap-ail-mode-3"
-    ail = ctx.kvm_cap("PPC_AIL_MODE_3")  # kvmppc_supports_ail_3(): KVM_CAP_PPC_AIL_MODE_3
-    if ail is None:
-        return [_unknown("ail-mode-3", "PPC_AIL_MODE_3", message)]
-    if not ail:
-        return [Said(message, hint=_try_off("ail-mode-3"))]
-    return []
+    # kvmppc_supports_ail_3(): KVM_CAP_PPC_AIL_MODE_3
+    return _needs_kvm_cap(ctx, "ail-mode-3", "PPC_AIL_MODE_3", message)
 
 
 def _apply_nested_papr(ctx: ApplyContext, val: int) -> list[Said]:
@@ -514,12 +507,8 @@ def _apply_dawr1(ctx: ApplyContext, val: int) -> list[Said]:
     if ctx.kvm is None:
         return []
     message = "DAWR1 not supported by KVM."
-    dawr1 = ctx.kvm_cap("PPC_DAWR1")  # kvmppc_has_cap_dawr1(): KVM_CAP_PPC_DAWR1
-    if dawr1 is None:
-        return [_unknown("dawr1", "PPC_DAWR1", message)]
-    if not dawr1:
-        return [Said(message, hint=_try_off("dawr1"))]
-    return []
+    # kvmppc_has_cap_dawr1(): KVM_CAP_PPC_DAWR1
+    return _needs_kvm_cap(ctx, "dawr1", "PPC_DAWR1", message)
 
 
 APPLY: Mapping[str, Callable[[ApplyContext, int], list[Said]]] = {
